@@ -1,0 +1,152 @@
+"""`Frozen(layer)`: a stax layer whose own parameters are not trained.
+
+The analytic NTK of every neural-tangents layer is affine in the incoming NTK,
+
+    ntk_out = L_nngp(ntk_in) + P(nngp_in),
+
+where `P` is the layer's own parameter term. A frozen layer keeps the linear
+part `L(ntk_in)`, which is the directional derivative of `ntk_out` with
+respect to `ntk_in` in the direction `ntk_in`. `jax.jvp` computes it in one
+pass, exactly: no subtraction of `P` (hence no cancellation), and under `jit`
+the unused primal NTK is dead code, so the cost is that of the unfrozen layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax import lax
+from neural_tangents import Kernel
+from neural_tangents._src.stax.requirements import get_req, layer, requires
+
+from nt_frozen.params import freeze_params, frozen_values
+
+Layer = tuple[Callable, Callable, Callable]
+
+_FROZEN_MARK = "_nt_frozen_layer"
+
+
+def _is_kernel(x: Any) -> bool:
+    return isinstance(x, Kernel)
+
+
+def _check_layer(candidate: Any) -> Layer:
+    if callable(candidate) and not isinstance(candidate, (tuple, list)):
+        name = getattr(candidate, "__name__", repr(candidate))
+        raise TypeError(
+            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn), got "
+            f"the function {name!r}. Call it first, e.g. Frozen(stax.{name}(...))."
+        )
+    if not isinstance(candidate, Sequence) or isinstance(candidate, str):
+        raise TypeError(
+            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn) from "
+            f"neural_tangents.stax, got {type(candidate).__name__}: {candidate!r}."
+        )
+    if len(candidate) != 3:
+        hint = (
+            " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
+            "which has no analytic kernel_fn: use the neural_tangents.stax layer."
+            if len(candidate) == 2
+            else ""
+        )
+        raise ValueError(
+            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn), got "
+            f"a sequence of {len(candidate)} items.{hint}"
+        )
+    for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
+        if not callable(fn):
+            raise TypeError(
+                f"Frozen: the layer's {role} must be callable, got "
+                f"{type(fn).__name__}: {fn!r}."
+            )
+    return tuple(candidate)
+
+
+def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
+    """Apply `kernel_fn` to `k` keeping only the part of the NTK linear in `k.ntk`.
+
+    `k` is a `Kernel` or a pytree of them (layers with several inputs). Every
+    field of the result but `ntk` is exactly `kernel_fn(k)`'s.
+    """
+    kernels, treedef = jax.tree_util.tree_flatten(k, is_leaf=_is_kernel)
+    ntks_in = [kernel.ntk for kernel in kernels]
+    if any(ntk is None for ntk in ntks_in):  # NTK not requested (get='nngp').
+        return kernel_fn(k, **kwargs)
+
+    def kernel_of_ntks(ntks):
+        replaced = [kernel.replace(ntk=ntk) for kernel, ntk in zip(kernels, ntks)]
+        return kernel_fn(jax.tree_util.tree_unflatten(treedef, replaced), **kwargs)
+
+    # The map is affine in the NTKs, so its derivative along the NTKs themselves
+    # is the linear part L(ntk_in), with the own-parameter term P dropped.
+    out, tangent = jax.jvp(kernel_of_ntks, (ntks_in,), (ntks_in,))
+    return jax.tree_util.tree_map(
+        lambda o, t: o.replace(ntk=t.ntk), out, tangent, is_leaf=_is_kernel
+    )
+
+
+@layer
+def _frozen(init_fn: Callable, apply_fn: Callable, kernel_fn: Callable) -> Layer:
+    def frozen_init_fn(rng, input_shape):
+        output_shape, params = init_fn(rng, input_shape)
+        return output_shape, freeze_params(params)
+
+    def frozen_apply_fn(params, inputs, **kwargs):
+        # Values reach the output; gradients to them are cut, also when a user
+        # differentiates with respect to `params` explicitly.
+        return apply_fn(lax.stop_gradient(frozen_values(params)), inputs, **kwargs)
+
+    @requires(**get_req(kernel_fn, {}))
+    def frozen_kernel_fn(k, **kwargs):
+        return propagate_ntk_linearly(kernel_fn, k, **kwargs)
+
+    return frozen_init_fn, frozen_apply_fn, frozen_kernel_fn
+
+
+def is_frozen_layer(candidate: Any) -> bool:
+    """True if `candidate` is a layer triple returned by :func:`Frozen`."""
+    return (
+        isinstance(candidate, Sequence)
+        and len(candidate) == 3
+        and getattr(candidate[2], _FROZEN_MARK, False)
+    )
+
+
+def Frozen(layer: Layer) -> Layer:  # noqa: N802 (stax layers are CamelCase)
+    """Freeze a stax layer: same outputs and NNGP, no training of its parameters.
+
+    Args:
+      layer: any `(init_fn, apply_fn, kernel_fn)` triple of `neural_tangents.stax`
+        (a single layer or a combinator such as `serial`, `parallel`, `repeat`).
+
+    Returns:
+      A layer triple with
+
+      - `init_fn`: the same parameters (same values for the same key), wrapped
+        in :class:`~nt_frozen.params.FrozenParams`;
+      - `apply_fn`: the same outputs; gradients flow to the inputs, and are
+        exactly zero for the layer's own parameters;
+      - `kernel_fn`: every `Kernel` field as `layer` computes it, except the
+        NTK, which keeps only the contribution of trainable layers upstream
+        propagated through this one (its own parameter term is dropped).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> x = jnp.linspace(-1., 1., 12).reshape(4, 3)
+      >>> _, _, kernel_fn = stax.serial(
+      ...     stax.Dense(512), stax.Relu(), Frozen(stax.Dense(512, W_std=1.5)))
+      >>> k = kernel_fn(x, None, ("nngp", "ntk"))
+      >>> k.ntk.shape
+      (4, 4)
+    """
+    init_fn, apply_fn, kernel_fn = _check_layer(layer)
+    if getattr(kernel_fn, _FROZEN_MARK, False):
+        return layer  # Freezing is idempotent.
+    frozen = _frozen(init_fn, apply_fn, kernel_fn)
+    for fn in frozen:
+        fn.__name__ = f"Frozen({getattr(fn, '__name__', 'layer')})"
+    setattr(frozen[2], _FROZEN_MARK, True)
+    return frozen
