@@ -137,7 +137,9 @@ def _linearize_wrapped_fun(fun, *primals, has_aux: bool = False):
 
 def _flops(f, optimize: bool, *args, **kwargs) -> float:
     lowered = jax.jit(f).lower(*args, **kwargs)
-    analysis = lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
+    analysis = (
+        lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
+    )
     # jax 0.4.3x: `cost_analysis()` returns one dict instead of a list of them.
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]

@@ -66,7 +66,12 @@ def residual_layers():
         ),
         stax.FanInSum(),
     )
-    return [stax.Dense(16, W_std=1.1, b_std=0.2), block, stax.Relu(), stax.Dense(1, b_std=0.1)]
+    return [
+        stax.Dense(16, W_std=1.1, b_std=0.2),
+        block,
+        stax.Relu(),
+        stax.Dense(1, b_std=0.1),
+    ]
 
 
 def attention_layers():
@@ -82,7 +87,9 @@ def attention_layers():
 def repeat_layers():
     return [
         stax.Dense(8, b_std=0.2),
-        stax.repeat(stax.serial(stax.Relu(), stax.Dense(8, W_std=W_STD, b_std=B_STD)), 3),
+        stax.repeat(
+            stax.serial(stax.Relu(), stax.Dense(8, W_std=W_STD, b_std=B_STD)), 3
+        ),
         stax.Relu(),
         stax.Dense(1),
     ]
@@ -131,7 +138,8 @@ def test_sum_rule(family, dtype, same):
     layers = make()
     full = stax.serial(*layers)[2](x1, x2, "ntk")
     parts = [
-        stax.serial(*freeze_all_but(layers, {i}))[2](x1, x2, "ntk") for i in range(len(layers))
+        stax.serial(*freeze_all_but(layers, {i}))[2](x1, x2, "ntk")
+        for i in range(len(layers))
     ]
     assert full.dtype == jnp.dtype(dtype)
     assert rel_err(sum(parts), full) < tol(dtype)
@@ -148,10 +156,11 @@ def test_frozen_first_layer_and_all_frozen(family, same):
     np.testing.assert_array_equal(first.ntk, 0.0)
     assert np.abs(first.nngp).max() > 0
     after_first = stax.serial(Frozen(layers[0]), *layers[1:])[2](x1, x2, "ntk")
-    everything = stax.serial(*layers[:1])[2]  # noqa: F841 (documents the split)
     all_frozen = stax.serial(*[Frozen(lyr) for lyr in layers])
     np.testing.assert_array_equal(all_frozen[2](x1, x2, "ntk"), 0.0)
-    np.testing.assert_array_equal(stax.serial(Frozen(stax.serial(*layers)))[2](x1, x2, "ntk"), 0.0)
+    np.testing.assert_array_equal(
+        stax.serial(Frozen(stax.serial(*layers)))[2](x1, x2, "ntk"), 0.0
+    )
     # and the empirical NTK of the all-frozen network is exactly 0 as well
     init_fn, apply_fn, _ = all_frozen
     _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
@@ -181,20 +190,26 @@ def test_readout_only_is_nngp(family, dtype, same):
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 @pytest.mark.parametrize("frozen_b_std", [None, 0.7, 1e3])
-def test_frozen_dense_scales_ntk_by_w_std_squared(dtype, parameterization, frozen_b_std):
+def test_frozen_dense_scales_ntk_by_w_std_squared(
+    dtype, parameterization, frozen_b_std
+):
     x1, x2 = inputs((4,))
     pre = stax.serial(
         stax.Dense(32, b_std=0.5, parameterization=parameterization),
         stax.Relu(),
     )
     frozen = Frozen(
-        stax.Dense(32, W_std=W_STD, b_std=frozen_b_std, parameterization=parameterization)
+        stax.Dense(
+            32, W_std=W_STD, b_std=frozen_b_std, parameterization=parameterization
+        )
     )
     ntk_in = pre[2](x1, x2, "ntk")
     ntk_out = stax.serial(pre, frozen)[2](x1, x2, "ntk")
     # float32 with b_std=1e3: the own term is ~1e6 times larger than W^2 ntk_in;
     # no cancellation is allowed (DESIGN.md 2).
-    np.testing.assert_allclose(ntk_out, W_STD**2 * ntk_in, rtol=2e-6 if dtype == "float32" else 1e-12)
+    np.testing.assert_allclose(
+        ntk_out, W_STD**2 * ntk_in, rtol=2e-6 if dtype == "float32" else 1e-12
+    )
     assert rel_err(ntk_in, W_STD**2 * ntk_in) > 0.5  # the identity guess fails
 
 
@@ -203,9 +218,16 @@ def test_frozen_conv_is_w_std_squared_times_conv_map(x64, parameterization):
     x1, x2 = inputs((5, 5, 2))
     full = {"diagonal_spatial": False}
     pre = stax.serial(stax.Conv(8, (3, 3), padding="SAME", b_std=0.3), stax.Erf())
-    conv = dict(filter_shape=(2, 3), strides=(1, 2), padding="SAME", parameterization=parameterization)
+    conv = dict(
+        filter_shape=(2, 3),
+        strides=(1, 2),
+        padding="SAME",
+        parameterization=parameterization,
+    )
     k_in = pre[2](x1, x2, **full)
-    out = stax.serial(pre, Frozen(stax.Conv(8, W_std=W_STD, b_std=0.9, **conv)))[2](x1, x2, "ntk", **full)
+    out = stax.serial(pre, Frozen(stax.Conv(8, W_std=W_STD, b_std=0.9, **conv)))[2](
+        x1, x2, "ntk", **full
+    )
     # The conv's linear map on covariances, applied to ntk_in as if it were an
     # NNGP, through a *different* code path (the unfrozen nngp computation).
     conv_map = stax.Conv(8, W_std=1.0, b_std=None, **conv)[2]
@@ -215,7 +237,10 @@ def test_frozen_conv_is_w_std_squared_times_conv_map(x64, parameterization):
 
 def test_composition_laws(x64):
     x1, x2 = inputs((4,))
-    a, b = stax.Dense(8, W_std=1.4, b_std=0.3), stax.serial(stax.Relu(), stax.Dense(8, W_std=0.7))
+    a, b = (
+        stax.Dense(8, W_std=1.4, b_std=0.3),
+        stax.serial(stax.Relu(), stax.Dense(8, W_std=0.7)),
+    )
     pre = stax.Dense(8, b_std=0.1)
     whole = stax.serial(pre, Frozen(stax.serial(a, b)))[2](x1, x2)
     parts = stax.serial(pre, Frozen(a), Frozen(b))[2](x1, x2)
@@ -246,7 +271,9 @@ def test_nt_batch_matches_unbatched():
     layers = cnn_layers()
     net = stax.serial(*layers[:2], Frozen(layers[2]), *layers[3:])
     full = net[2](x1, x2, ("nngp", "ntk"))
-    batched = nt.batch(net[2], batch_size=2, store_on_device=False)(x1, x2, ("nngp", "ntk"))
+    batched = nt.batch(net[2], batch_size=2, store_on_device=False)(
+        x1, x2, ("nngp", "ntk")
+    )
     np.testing.assert_allclose(batched.ntk, full.ntk, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(batched.nngp, full.nngp, rtol=1e-5, atol=1e-7)
 
@@ -258,7 +285,8 @@ def test_nt_batch_on_several_devices():
         from nt_frozen import Frozen, nt, stax
         assert jax.device_count() == 2, jax.devices()
         net = stax.serial(stax.Dense(8, b_std=.2), stax.Relu(),
-                          Frozen(stax.Dense(8, W_std=1.5, b_std=.3)), stax.Relu(), stax.Dense(1))
+                          Frozen(stax.Dense(8, W_std=1.5, b_std=.3)), stax.Relu(),
+                          stax.Dense(1))
         x1 = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
         x2 = jax.random.normal(jax.random.PRNGKey(1), (4, 3))
         full = net[2](x1, x2, 'ntk')
@@ -267,8 +295,18 @@ def test_nt_batch_on_several_devices():
         print('ok')
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
 
@@ -289,10 +327,15 @@ def test_masking(x64):
     ]
     kw = {"mask_constant": jnp.nan}
     full = stax.serial(*layers)[2](x1, x2, "ntk", **kw)
-    parts = [stax.serial(*freeze_all_but(layers, {i}))[2](x1, x2, "ntk", **kw) for i in range(len(layers))]
+    parts = [
+        stax.serial(*freeze_all_but(layers, {i}))[2](x1, x2, "ntk", **kw)
+        for i in range(len(layers))
+    ]
     assert np.isfinite(full).all()
     assert rel_err(sum(parts), full) < 1e-10
-    readout = stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])[2](x1, x2, ("nngp", "ntk"), **kw)
+    readout = stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])[2](
+        x1, x2, ("nngp", "ntk"), **kw
+    )
     np.testing.assert_allclose(readout.ntk, readout.nngp, rtol=1e-12)
     # the mask really changes the kernel (otherwise this test says nothing)
     unmasked = stax.serial(*layers)[2](jnp.nan_to_num(x1), jnp.nan_to_num(x2), "ntk")
@@ -303,5 +346,10 @@ def test_diagonal_requirements_propagate():
     """A frozen layer keeps the wrapped layer's input requirements."""
     from neural_tangents._src.stax.requirements import get_req
 
-    for lyr in [stax.Conv(4, (2, 2)), stax.GlobalSelfAttention(4, 4, 4, 1), stax.LayerNorm(), stax.Relu()]:
+    for lyr in [
+        stax.Conv(4, (2, 2)),
+        stax.GlobalSelfAttention(4, 4, 4, 1),
+        stax.LayerNorm(),
+        stax.Relu(),
+    ]:
         assert get_req(Frozen(lyr)[2]) == get_req(lyr[2])

@@ -25,7 +25,8 @@ DENSE_PRE = stax.serial(
     stax.Dense(8, W_std=1.3, b_std=0.4), stax.Erf(), stax.Dense(8, W_std=1.1, b_std=0.2)
 )
 CONV_PRE = stax.serial(
-    stax.Conv(8, (2, 2), padding="SAME", b_std=0.3), stax.Relu(),
+    stax.Conv(8, (2, 2), padding="SAME", b_std=0.3),
+    stax.Relu(),
     stax.Conv(8, (2, 2), padding="SAME", W_std=1.2),
 )
 SEQ_PRE = stax.serial(stax.Dense(8, b_std=0.2), stax.Gelu(), stax.Dense(8, W_std=1.1))
@@ -41,13 +42,9 @@ FLAT, IMAGE, SEQ = (4,), (4, 4, 2), (5, 3)
 
 
 def _elementwise_custom():
-    # relu through user-given nngp and derivative kernels
+    """ReLU given through user-supplied NNGP and derivative kernels."""
     return stax.Elementwise(
-        fn=lambda x: jnp.maximum(x, 0.0),
-        nngp_fn=lambda cov12, var1, var2: stax.Relu()[2]  # unused placeholder
-        if False
-        else _relu_nngp(cov12, var1, var2),
-        d_nngp_fn=lambda cov12, var1, var2: _relu_dnngp(cov12, var1, var2),
+        fn=lambda x: jnp.maximum(x, 0.0), nngp_fn=_relu_nngp, d_nngp_fn=_relu_dnngp
     )
 
 
@@ -75,16 +72,51 @@ CASES = [
         {},
     ),
     ("Dense-nobias", DENSE_PRE, stax.Dense(6, W_std=0.6), FLAT, True, {}),
-    ("Conv", CONV_PRE, stax.Conv(5, (3, 3), padding="SAME", W_std=1.4, b_std=0.2), IMAGE, True, {}),
-    ("Conv-valid-std", CONV_PRE, stax.Conv(5, (2, 2), W_std=1.4, b_std=0.2, parameterization="standard"), IMAGE, True, {}),
-    ("ConvTranspose", CONV_PRE, stax.ConvTranspose(5, (2, 2), W_std=1.2, b_std=0.3), IMAGE, True, {}),
-    ("ConvLocal", CONV_PRE, stax.ConvLocal(5, (2, 2), padding="SAME", W_std=1.2, b_std=0.3), IMAGE, True, {}),
+    (
+        "Conv",
+        CONV_PRE,
+        stax.Conv(5, (3, 3), padding="SAME", W_std=1.4, b_std=0.2),
+        IMAGE,
+        True,
+        {},
+    ),
+    (
+        "Conv-valid-std",
+        CONV_PRE,
+        stax.Conv(5, (2, 2), W_std=1.4, b_std=0.2, parameterization="standard"),
+        IMAGE,
+        True,
+        {},
+    ),
+    (
+        "ConvTranspose",
+        CONV_PRE,
+        stax.ConvTranspose(5, (2, 2), W_std=1.2, b_std=0.3),
+        IMAGE,
+        True,
+        {},
+    ),
+    (
+        "ConvLocal",
+        CONV_PRE,
+        stax.ConvLocal(5, (2, 2), padding="SAME", W_std=1.2, b_std=0.3),
+        IMAGE,
+        True,
+        {},
+    ),
     ("AvgPool", CONV_PRE, stax.AvgPool((2, 2)), IMAGE, False, {}),
     ("SumPool", CONV_PRE, stax.SumPool((2, 2), padding="SAME"), IMAGE, False, {}),
     ("GlobalAvgPool", CONV_PRE, stax.GlobalAvgPool(), IMAGE, False, {}),
     ("GlobalSumPool", CONV_PRE, stax.GlobalSumPool(), IMAGE, False, {}),
     ("Flatten", CONV_PRE, stax.Flatten(), IMAGE, False, {}),
-    ("ImageResize", CONV_PRE, stax.ImageResize((-1, 6, 6, -1), "linear"), IMAGE, False, {}),
+    (
+        "ImageResize",
+        CONV_PRE,
+        stax.ImageResize((-1, 6, 6, -1), "linear"),
+        IMAGE,
+        False,
+        {},
+    ),
     ("Index", CONV_PRE, stax.Index(stax.Slice[:, 1:3, :, :]), IMAGE, False, {}),
     ("LayerNorm", DENSE_PRE, stax.LayerNorm(), FLAT, False, {}),
     ("LayerNorm-image", CONV_PRE, stax.LayerNorm(axis=(1, 2, 3)), IMAGE, False, {}),
@@ -104,9 +136,15 @@ CASES = [
         "GlobalSelfAttention-posemb",
         SEQ_PRE,
         stax.GlobalSelfAttention(
-            8, 8, 8, n_heads=1, linear_scaling=False, attention_mechanism="IDENTITY",
+            8,
+            8,
+            8,
+            n_heads=1,
+            linear_scaling=False,
+            attention_mechanism="IDENTITY",
             pos_emb_type="SUM",
-            val_pos_emb=True, W_pos_emb_std=0.5,
+            val_pos_emb=True,
+            W_pos_emb_std=0.5,
         ),
         SEQ,
         True,
@@ -119,7 +157,9 @@ CASES = [
     (
         "serial",
         DENSE_PRE,
-        stax.serial(stax.Dense(7, W_std=1.2, b_std=0.1), stax.Relu(), stax.Dense(3, W_std=0.9)),
+        stax.serial(
+            stax.Dense(7, W_std=1.2, b_std=0.1), stax.Relu(), stax.Dense(3, W_std=0.9)
+        ),
         FLAT,
         True,
         {},
@@ -132,20 +172,39 @@ CASES = [
         True,
         {},
     ),
-    ("repeat", DENSE_PRE, stax.repeat(stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Relu()), 3), FLAT, True, {}),
+    (
+        "repeat",
+        DENSE_PRE,
+        stax.repeat(stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Relu()), 3),
+        FLAT,
+        True,
+        {},
+    ),
     (
         "residual",
         DENSE_PRE,
         stax.serial(
             stax.FanOut(2),
-            stax.parallel(stax.serial(stax.Relu(), stax.Dense(8, W_std=1.3)), stax.Identity()),
+            stax.parallel(
+                stax.serial(stax.Relu(), stax.Dense(8, W_std=1.3)), stax.Identity()
+            ),
             stax.FanInSum(),
         ),
         FLAT,
         True,
         {},
     ),
-    ("nested", DENSE_PRE, stax.serial(Frozen(stax.Dense(8, W_std=2.0)), stax.serial(stax.Dense(8, b_std=0.5), stax.Sin())), FLAT, True, {}),
+    (
+        "nested",
+        DENSE_PRE,
+        stax.serial(
+            Frozen(stax.Dense(8, W_std=2.0)),
+            stax.serial(stax.Dense(8, b_std=0.5), stax.Sin()),
+        ),
+        FLAT,
+        True,
+        {},
+    ),
 ]
 
 NONLINEARITIES = [
@@ -171,7 +230,16 @@ NONLINEARITIES = [
     ("Elementwise", _elementwise_custom()),
 ]
 CASES += [(name, DENSE_PRE, lyr, FLAT, False, {}) for name, lyr in NONLINEARITIES]
-CASES.append(("Hermite", stax.serial(DENSE_PRE, stax.LayerNorm()), stax.Hermite(2), FLAT, False, {}))
+CASES.append(
+    (
+        "Hermite",
+        stax.serial(DENSE_PRE, stax.LayerNorm()),
+        stax.Hermite(2),
+        FLAT,
+        False,
+        {},
+    )
+)
 
 
 def _inputs(shape, kwargs):
@@ -199,28 +267,39 @@ def test_frozen_kernel_is_linear_part(x64, pre, lyr, shape, has_params, kwargs):
     assert_same_fields_but_ntk(frozen, plain)
     expected = linear_part_by_subtraction(lyr[2], k_in, **kwargs)
     got = jax.tree_util.tree_map(lambda k: k.ntk, frozen, is_leaf=is_kernel)
-    for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12 * float(jnp.abs(e).max()))
+    for g, e in zip(
+        jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)
+    ):
+        np.testing.assert_allclose(
+            g, e, rtol=1e-10, atol=1e-12 * float(jnp.abs(e).max())
+        )
 
     unfrozen_ntk = jax.tree_util.tree_leaves(
         jax.tree_util.tree_map(lambda k: k.ntk, plain, is_leaf=is_kernel)
     )
     same_as_unfrozen = all(
-        np.allclose(g, u, rtol=1e-6) for g, u in zip(jax.tree_util.tree_leaves(got), unfrozen_ntk)
+        np.allclose(g, u, rtol=1e-6)
+        for g, u in zip(jax.tree_util.tree_leaves(got), unfrozen_ntk)
     )
     # Parameter-free layers: freezing changes nothing. Layers with parameters:
     # the own term is really dropped.
     assert same_as_unfrozen == (not has_params)
 
 
-@pytest.mark.parametrize("pre, lyr, shape, has_params, kwargs", [c[1:] for c in CASES[:8]], ids=[c[0] for c in CASES[:8]])
+@pytest.mark.parametrize(
+    "pre, lyr, shape, has_params, kwargs",
+    [c[1:] for c in CASES[:8]],
+    ids=[c[0] for c in CASES[:8]],
+)
 def test_frozen_end_to_end_from_inputs(pre, lyr, shape, has_params, kwargs):
     """Same check through the public `kernel_fn(x1, x2, get)` of a serial net,
     in float32, with `jit`."""
     x1, x2, kwargs = _inputs(shape, kwargs)
     net_f = stax.serial(pre, Frozen(lyr))
     full = {"diagonal_batch": False, "diagonal_spatial": False}
-    k_f = jax.jit(net_f[2], static_argnames=("get", *full))(x1, x2, ("nngp", "ntk"), **full)
+    k_f = jax.jit(net_f[2], static_argnames=("get", *full))(
+        x1, x2, ("nngp", "ntk"), **full
+    )
     k_in = pre[2](x1, x2, **full)
     np.testing.assert_allclose(k_f.nngp, lyr[2](k_in).nngp, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
