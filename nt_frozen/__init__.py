@@ -9,14 +9,39 @@ from nt_frozen._compat import load_neural_tangents
 nt = load_neural_tangents()
 stax = nt.stax
 
+from nt_frozen.empirical import (  # noqa: E402
+    empirical_kernel_fn,
+    empirical_ntk_fn,
+    monte_carlo_kernel_fn,
+)
 from nt_frozen.frozen import Frozen, is_frozen_layer, propagate_ntk_linearly  # noqa: E402
-from nt_frozen.params import FrozenParams, freeze_params, frozen_values, is_frozen  # noqa: E402
+from nt_frozen.params import (  # noqa: E402
+    FrozenParams,
+    freeze_like,
+    freeze_params,
+    frozen_values,
+    is_frozen,
+    labels,
+    merge,
+    split,
+    trainable_mask,
+    unfreeze,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Frozen",
     "FrozenParams",
+    "empirical_kernel_fn",
+    "empirical_ntk_fn",
+    "freeze_like",
+    "labels",
+    "merge",
+    "monte_carlo_kernel_fn",
+    "split",
+    "trainable_mask",
+    "unfreeze",
     "freeze_params",
     "frozen_values",
     "is_frozen",

@@ -1,0 +1,254 @@
+"""Trainable/frozen partition, optimizer masks, training with optax, and the
+trainable-only empirical kernels against NT on the same stop-gradient net."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nt_frozen
+from nt_frozen import (
+    Frozen,
+    FrozenParams,
+    freeze_like,
+    labels,
+    merge,
+    nt,
+    split,
+    stax,
+    trainable_mask,
+    unfreeze,
+)
+
+
+def nested_net():
+    return stax.serial(
+        stax.Dense(16, b_std=0.1),
+        stax.Relu(),
+        stax.FanOut(2),
+        stax.parallel(Frozen(stax.Dense(16, W_std=1.3, b_std=0.2)), stax.Dense(16)),
+        stax.FanInSum(),
+        stax.repeat(stax.serial(stax.Relu(), Frozen(stax.Dense(16))), 2),
+        stax.Relu(),
+        stax.Dense(1, b_std=0.1),
+    )
+
+
+def _leaves_equal(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def test_split_merge_roundtrip_and_mask():
+    init_fn, _, _ = nested_net()
+    _, params = init_fn(jax.random.PRNGKey(0), (2, 5))
+    trainable, frozen = split(params)
+    assert _leaves_equal(merge(trainable, frozen), params)
+    assert _leaves_equal(jax.jit(lambda t, f: merge(t, f))(trainable, frozen), params)
+    n_frozen = sum(x.size for x in jax.tree_util.tree_leaves(frozen))
+    n_trainable = sum(x.size for x in jax.tree_util.tree_leaves(trainable))
+    # parallel branch (W, b) + repeat's Dense, whose params hold both repetitions
+    assert n_frozen == 16 * 16 + 16 + 2 * 16 * 16
+    assert n_frozen + n_trainable == sum(
+        x.size for x in jax.tree_util.tree_leaves(params)
+    )
+    mask = trainable_mask(params)
+    flat_mask = jax.tree_util.tree_leaves(mask)
+    assert sum(not m for m in flat_mask) == 3 and sum(flat_mask) == 5
+    assert set(jax.tree_util.tree_leaves(labels(params))) == {"trainable", "frozen"}
+
+
+def test_grad_on_trainable_half():
+    init_fn, apply_fn, _ = nested_net()
+    x = jnp.ones((3, 5))
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    trainable, frozen = split(params)
+    g = jax.grad(lambda t: jnp.sum(apply_fn(merge(t, frozen), x) ** 2))(trainable)
+    assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(trainable)
+    assert all(float(jnp.abs(leaf).max()) > 0 for leaf in jax.tree_util.tree_leaves(g))
+
+
+def test_freeze_like_and_errors():
+    frozen_net = nested_net()
+    plain_net = stax.serial(stax.Dense(16, b_std=0.1), stax.Relu(), stax.Dense(3))
+    _, like = frozen_net[0](jax.random.PRNGKey(0), (2, 5))
+    pretrained = unfreeze(frozen_net[0](jax.random.PRNGKey(7), (2, 5))[1])
+    loaded = freeze_like(pretrained, like)
+    assert _leaves_equal(unfreeze(loaded), pretrained)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(like)
+    with pytest.raises(ValueError, match="layout of the frozen network"):
+        freeze_like(plain_net[0](jax.random.PRNGKey(0), (2, 5))[1], like)
+    wrong_shape = unfreeze(frozen_net[0](jax.random.PRNGKey(7), (2, 6))[1])
+    with pytest.raises(ValueError, match=r"\[0\]\[0\] has shape \(6, 16\)"):
+        freeze_like(wrong_shape, like)
+    trainable, frozen = split(like)
+    other_trainable, _ = split(plain_net[0](jax.random.PRNGKey(0), (2, 5))[1])
+    with pytest.raises(ValueError, match="do not match|does not come from"):
+        merge(other_trainable, frozen)
+
+
+def test_optax_adamw_with_mask_keeps_frozen_bits():
+    """adamw with weight decay, masked: frozen weights bit-for-bit unchanged."""
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Dense(64, b_std=0.1),
+        stax.Relu(),
+        Frozen(stax.Dense(64, b_std=0.1)),
+        stax.Relu(),
+        stax.Dense(1),
+    )
+    x = jax.random.normal(jax.random.PRNGKey(0), (32, 4))
+    y = jnp.sin(x.sum(1, keepdims=True))
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    opt = optax.masked(optax.adamw(1e-2, weight_decay=0.1), trainable_mask(params))
+    state = opt.init(params)
+
+    def loss(p):
+        return jnp.mean((apply_fn(p, x) - y) ** 2)
+
+    @jax.jit
+    def step(p, s):
+        value, g = jax.value_and_grad(loss)(p)
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    start = loss(params)
+    new = params
+    for _ in range(300):
+        new, state, _ = step(new, state)
+    assert float(loss(new)) < 0.2 * float(start)
+    assert _leaves_equal(split(new)[1], split(params)[1])  # bit-for-bit
+    assert not np.allclose(new[0][0], params[0][0])
+
+
+def test_haiku_subset_training_example():
+    """Haiku docs' 'training a subset of parameters', with stax + Frozen: an MLP
+    learns the identity on 0..9 with its middle layer frozen."""
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Dense(32, b_std=0.1),
+        stax.Relu(),
+        Frozen(stax.Dense(32, b_std=0.1)),
+        stax.Relu(),
+        stax.Dense(1, b_std=0.1),
+    )
+    x = jnp.arange(10.0).reshape(10, 1)
+    _, params = init_fn(jax.random.PRNGKey(42), x.shape)
+    trainable, frozen = split(params)
+    opt = optax.adam(1e-2)
+    state = opt.init(trainable)
+
+    def loss(t):
+        return jnp.mean((apply_fn(merge(t, frozen), x) - x) ** 2)
+
+    @jax.jit
+    def step(t, s):
+        g = jax.grad(loss)(t)
+        updates, s = opt.update(g, s)
+        return optax.apply_updates(t, updates), s
+
+    for _ in range(2000):
+        trainable, state = step(trainable, state)
+    prediction = apply_fn(merge(trainable, frozen), x)
+    np.testing.assert_allclose(prediction, x, atol=0.3)
+    assert float(loss(trainable)) < 0.02
+
+
+def _mlp_frozen_middle(width=256):
+    return stax.serial(
+        stax.Dense(width, b_std=0.1),
+        stax.Relu(),
+        Frozen(stax.Dense(width, W_std=1.4, b_std=0.1)),
+        stax.Relu(),
+        stax.Dense(2),
+    )
+
+
+def _cnn_frozen_middle():
+    return stax.serial(
+        stax.Conv(8, (2, 2), b_std=0.1),
+        stax.Relu(),
+        Frozen(stax.Conv(8, (2, 2))),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(2),
+    )
+
+
+@pytest.mark.parametrize("implementation", [1, 2, 3])
+@pytest.mark.parametrize(
+    "make, shape",
+    [(_mlp_frozen_middle, (4, 5)), (_cnn_frozen_middle, (3, 5, 5, 2))],
+    ids=["mlp", "cnn"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"trace_axes": ()},
+        {"trace_axes": (), "diagonal_axes": (0,)},
+        {"vmap_axes": 0},
+    ],
+    ids=["default", "no-trace", "diagonal", "vmap"],
+)
+def test_trainable_only_ntk_equals_nt(make, shape, implementation, options):
+    init_fn, apply_fn, _ = make()
+    x1 = jax.random.normal(jax.random.PRNGKey(0), shape)
+    x2 = jax.random.normal(jax.random.PRNGKey(1), (2, *shape[1:]))
+    if options.get("diagonal_axes"):
+        x2 = None  # diagonal over the batch needs matching batches
+    _, params = init_fn(jax.random.PRNGKey(2), shape)
+    ours = nt_frozen.empirical_ntk_fn(
+        apply_fn, implementation=implementation, **options
+    )
+    ref = nt.empirical_ntk_fn(apply_fn, implementation=implementation, **options)
+    a, b = ours(x1, x2, params), ref(x1, x2, params)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+def test_empirical_kernel_fn_get_and_all_frozen():
+    init_fn, apply_fn, _ = _mlp_frozen_middle()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+    _, params = init_fn(jax.random.PRNGKey(2), x.shape)
+    ours = nt_frozen.empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
+    ref = nt.empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
+    np.testing.assert_allclose(ours.nngp, ref.nngp, rtol=1e-6)
+    np.testing.assert_allclose(ours.ntk, ref.ntk, rtol=2e-5)
+    assert nt_frozen.empirical_kernel_fn(apply_fn)(x, None, "nngp", params).shape == (
+        4,
+        4,
+    )
+    with pytest.raises(ValueError, match="get must name"):
+        nt_frozen.empirical_kernel_fn(apply_fn)(x, None, "cov1", params)
+    all_frozen = Frozen(_mlp_frozen_middle())
+    _, p = all_frozen[0](jax.random.PRNGKey(0), x.shape)
+    zero = nt_frozen.empirical_ntk_fn(all_frozen[1])(x, None, p)
+    np.testing.assert_array_equal(zero, 0.0)
+    assert zero.shape == (4, 4)
+
+
+def test_monte_carlo_kernel_fn_matches_average_of_draws():
+    init_fn, apply_fn, _ = _mlp_frozen_middle(64)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
+    key = jax.random.PRNGKey(5)
+    mc = nt_frozen.monte_carlo_kernel_fn(init_fn, apply_fn, key, 3)(x, None, "ntk")
+    draws = [
+        nt.empirical_ntk_fn(apply_fn)(
+            x, None, init_fn(jax.random.fold_in(key, i), x.shape)[1]
+        )
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(mc, sum(draws) / 3, rtol=1e-5)
+    gen = nt_frozen.monte_carlo_kernel_fn(init_fn, apply_fn, key, [1, 3])
+    first, third = list(gen(x, None, "ntk"))
+    np.testing.assert_allclose(first, draws[0], rtol=1e-5)
+    np.testing.assert_allclose(third, mc, rtol=1e-6)
+
+
+def test_frozen_params_node_in_pytree_utilities():
+    p = FrozenParams((jnp.ones(2), None))
+    assert jax.tree_util.tree_leaves(p)[0].shape == (2,)
+    assert isinstance(jax.tree_util.tree_map(lambda x: 2 * x, p), FrozenParams)
