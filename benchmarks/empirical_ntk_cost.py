@@ -107,12 +107,8 @@ def main() -> None:
         for impl in (1, 2):
             theirs = nt.empirical_ntk_fn(apply_fn, implementation=impl)
             ours = nt_frozen.empirical_ntk_fn(apply_fn, implementation=impl)
-            t_nt, m_nt = measure(
-                lambda a, b, p: theirs(a, b, p), (x, x, params), args.repeats, max_bytes
-            )
-            t_us, m_us = measure(
-                lambda a, b, p: ours(a, b, p), (x, x, params), args.repeats, max_bytes
-            )
+            t_nt, m_nt = measure(theirs, (x, x, params), args.repeats, max_bytes)
+            t_us, m_us = measure(ours, (x, x, params), args.repeats, max_bytes)
             speed = "OOM-NT" if t_nt is None else f"{t_nt / t_us:.2f}x"
             t_nt_s = "OOM" if t_nt is None else f"{t_nt:.4f}"
             floor_s = "-" if floor is None else f"{floor:.4f}"
