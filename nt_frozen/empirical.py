@@ -101,16 +101,11 @@ def empirical_kernel_fn(
 
     Returns `kernel_fn(x1, x2, get, params, **apply_fn_kwargs)`, like NT's.
     """
-    options = dict(
-        trace_axes=trace_axes,
-        diagonal_axes=diagonal_axes,
-        vmap_axes=vmap_axes,
-        implementation=implementation,
-        **nt_options,
-    )
     fns = {
         "nngp": nt.empirical_nngp_fn(apply_fn, trace_axes, diagonal_axes),
-        "ntk": empirical_ntk_fn(apply_fn, **options),
+        "ntk": empirical_ntk_fn(
+            apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, **nt_options
+        ),
     }
 
     def kernel_fn(x1, x2, get, params, **apply_fn_kwargs):
