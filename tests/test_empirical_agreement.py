@@ -14,6 +14,7 @@ import pytest
 
 from nt_frozen import Frozen, nt, stax
 from nt_frozen.convergence import agreement
+from nt_frozen.validate import IdentityGuess
 
 N_DRAWS = 8
 
@@ -120,21 +121,8 @@ def test_frozen_analytic_matches_empirical(family):
     assert not agreement(draws, unfrozen, width).agrees
 
     pre, post = layers[:frozen_index], layers[frozen_index + 1 :]
-    identity_guess = stax.serial(*pre, _identity_ntk(layers[frozen_index]), *post)[2](
+    identity_guess = stax.serial(*pre, IdentityGuess(layers[frozen_index]), *post)[2](
         x, None, "ntk"
     )
     assert not agreement(draws, identity_guess, width).agrees
 
-
-@stax.layer
-def _identity_ntk(layer):
-    """The maintainers' guess: a frozen layer passes the NTK through unchanged."""
-    from neural_tangents._src.stax.requirements import get_req
-
-    init_fn, apply_fn, kernel_fn = layer
-
-    @stax.requires(**get_req(kernel_fn, {}))
-    def guess_kernel_fn(k, **kwargs):
-        return kernel_fn(k, **kwargs).replace(ntk=k.ntk)
-
-    return init_fn, apply_fn, guess_kernel_fn

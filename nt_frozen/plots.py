@@ -1,0 +1,109 @@
+"""Figures for the validation sweep: error vs width on log-log axes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nt_frozen.validate import ArchitectureResult, Comparison
+
+_CONTROL_STYLE = {
+    "unfrozen": dict(color="tab:red", linestyle="--", marker="s"),
+    "identity_guess": dict(color="tab:orange", linestyle=":", marker="^"),
+}
+
+
+def plot_sweep(ax, result: ArchitectureResult) -> None:
+    """Draw one architecture's errors vs width on a matplotlib `ax`."""
+    frozen = result.frozen
+    widths = np.asarray(frozen.widths)
+    errors = [np.asarray(e) for e in frozen.single_draw_errors]
+    median = np.array([np.median(e) for e in errors])
+    spread = np.array(
+        [
+            median - [np.quantile(e, 0.25) for e in errors],
+            [np.quantile(e, 0.75) for e in errors] - median,
+        ]
+    )
+    ax.errorbar(
+        widths,
+        median,
+        yerr=spread,
+        color="tab:blue",
+        marker="o",
+        capsize=3,
+        label="frozen NTK: single draw (median, IQR)",
+    )
+    ax.plot(
+        widths,
+        frozen.mean_errors,
+        color="tab:blue",
+        marker="o",
+        markerfacecolor="white",
+        linestyle="-",
+        alpha=0.6,
+        label="frozen NTK: Monte Carlo mean",
+    )
+    for name, control in result.controls.items():
+        if isinstance(control, Comparison):
+            ax.plot(
+                widths,
+                control.rms_errors,
+                alpha=0.8,
+                label=f"{name.replace('_', ' ')} (control): single draw RMS",
+                **_CONTROL_STYLE.get(name, {}),
+            )
+    # n^{-1/2} through the geometric mean of the frozen RMS errors.
+    rms = np.asarray(frozen.rms_errors)
+    anchor = np.exp(np.mean(np.log(rms) + 0.5 * np.log(widths)))
+    ax.plot(
+        widths,
+        anchor / np.sqrt(widths),
+        color="black",
+        linestyle="-.",
+        linewidth=1,
+        label=r"$\propto n^{-1/2}$",
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width n")
+    ax.set_ylabel("relative Frobenius error")
+    ax.set_title(
+        f"{result.name}: {frozen.verdict}\n"
+        f"slope {frozen.slope:+.2f} ± {frozen.slope_se:.2f}",
+        fontsize=9,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path:
+    """One panel per architecture, saved as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(results))
+    rows = math.ceil(len(results) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False
+    )
+    for ax, result in zip(axes.flat, results):
+        plot_sweep(ax, result)
+    for ax in list(axes.flat)[len(results) :]:
+        ax.set_visible(False)
+    legend = {}  # one entry per label, over all panels (controls can be skipped)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8
+    )
+    fig.suptitle("Analytic frozen NTK vs empirical NTK of finite networks")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,168 @@
+"""The validation sweep and its CLI: exit codes, files, verdicts, user networks.
+
+The sweep's statistics are unit-tested on synthetic draws with a known rate
+(`compare`'s doctest); here the CLI runs real, small sweeps with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nt_frozen.cli import main
+from nt_frozen.validate import ARCHITECTURES, IdentityGuess, compare
+
+SMALL = ["--widths", "128", "512", "--samples", "6", "--no-progress"]
+
+USER_MODULE = '''
+from nt_frozen import Frozen, stax
+
+
+def good(width, freeze=Frozen):
+    """MLP with a frozen middle Dense, written by a user."""
+    return stax.serial(
+        stax.Dense(width, W_std=1.3), stax.Erf(),
+        freeze(stax.Dense(width, W_std=1.7, b_std=0.2)), stax.Erf(),
+        stax.Dense(1),
+    )
+
+
+def wrong(width):
+    """Frozen network, but the kernel of the unfrozen one: must FAIL."""
+    init_fn, apply_fn, _ = good(width)
+    _, _, unfrozen_kernel_fn = good(width, freeze=lambda layer: layer)
+    return init_fn, apply_fn, unfrozen_kernel_fn
+'''
+
+
+def _run(tmp_path, *args, sizes=SMALL):
+    out = tmp_path / "out"
+    code = main(["validate", *sizes, "--out", str(out), *args])
+    report = json.loads((out / "validation.json").read_text())
+    return code, report, out
+
+
+def test_builtin_sweep_passes_and_writes_files(tmp_path, capsys):
+    # The CNN's identity-guess control needs >= 256 channels to be rejected.
+    sizes = ["--widths", "256", "1024", "--samples", "8", "--no-progress"]
+    code, report, out = _run(
+        tmp_path,
+        "--arch",
+        "mlp-frozen-middle",
+        "--arch",
+        "cnn-frozen-conv-block",
+        sizes=sizes,
+    )
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    assert report["passed"] is True
+    assert (out / "validation.png").stat().st_size > 10_000
+    assert (
+        "PASS  mlp-frozen-middle" in stdout and "PASS  cnn-frozen-conv-block" in stdout
+    )
+    arch = report["architectures"][0]
+    assert arch["frozen"]["verdict"] == "PASS"
+    assert {c["verdict"] for c in arch["controls"].values()} == {"FAIL"}
+    assert [w["width"] for w in arch["frozen"]["per_width"]] == [256, 1024]
+    assert report["architectures"][1]["frozen"]["per_width"][0]["width"] == 64
+    assert report["command"].startswith("nt-frozen validate --widths 256 1024")
+    assert report["versions"]["jax"] and report["device"]["platform"] == "cpu"
+
+
+def test_user_module_by_path_and_wrong_kernel_fails(tmp_path, capsys):
+    nets = tmp_path / "my_nets.py"
+    nets.write_text(USER_MODULE)
+    code, report, _ = _run(tmp_path, "--arch", f"{nets}:good", "--input-shape", "6,5")
+    assert code == 0, capsys.readouterr().out
+    controls = report["architectures"][0]["controls"]
+    assert {c["verdict"] for c in controls.values()} == {"FAIL"}
+
+    code, report, _ = _run(tmp_path, "--arch", f"{nets}:wrong", "--input-shape", "6,5")
+    stdout = capsys.readouterr().out
+    assert code == 1
+    frozen = report["architectures"][0]["frozen"]
+    assert frozen["verdict"] == "FAIL" and frozen["reasons"]
+    assert f"FAIL  {nets}:wrong" in stdout
+    assert "not scored: the builder takes no `freeze` argument" in stdout
+
+
+def test_user_module_by_import_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, report, _ = _run(tmp_path, "--arch", "my_nets:good")
+    assert code == 0, capsys.readouterr().out
+    assert report["architectures"][0]["description"].startswith("MLP with a frozen")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "mlp"], "unknown architecture 'mlp'"),
+        (["--arch", "no_such_module_xyz:f"], "No module named 'no_such_module_xyz'"),
+        (["--arch", "missing.py:f"], "no file missing.py"),
+        (["--widths", "128"], "at least 2 distinct --widths"),
+        (["--samples", "1"], "--samples must be at least 2"),
+        (["--device", "tpu"], "--device tpu: JAX sees no TPU"),
+    ],
+)
+def test_bad_input_exits_with_a_message(tmp_path, args, message):
+    argv = ["validate", "--widths", "64", "128", "--out", str(tmp_path), *args]
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+def test_list_archs(capsys):
+    assert main(["validate", "--list-archs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ARCHITECTURES)
+
+
+def test_module_entry_point_x64(tmp_path):
+    """`python -m nt_frozen validate` end to end, in float64, in a fresh process."""
+    out = tmp_path / "x64"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nt_frozen",
+            "validate",
+            *SMALL,
+            "--x64",
+            "--arch",
+            "mlp-frozen-last",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "validation.json").read_text())
+    assert report["dtype"] == "float64"
+    assert "PASS  mlp-frozen-last" in result.stdout
+
+
+def test_compare_rejects_a_wrong_rate():
+    """Errors that fall like n^-1 (not n^-1/2) must not pass as the right rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    k = np.eye(4) + 0.5
+    widths = [64, 256, 1024, 4096]
+    draws = [k + rng.normal(size=(16, 4, 4)) * 8 / n for n in widths]
+    result = compare(widths, draws, [k] * 4)
+    assert result.verdict == "FAIL" and "slope" in result.reasons[0]
+
+
+def test_identity_guess_is_undefined_across_shape_changes():
+    import jax.numpy as jnp
+
+    from nt_frozen import stax
+
+    _, _, kernel_fn = stax.serial(stax.Dense(4), IdentityGuess(stax.AvgPool((2,))))
+    with pytest.raises(ValueError, match="'unchanged' is undefined"):
+        kernel_fn(jnp.ones((2, 4, 3)), None, "ntk")
