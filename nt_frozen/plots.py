@@ -93,17 +93,20 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
     )
     for ax, result in zip(axes.flat, results):
         plot_sweep(ax, result)
-    for ax in list(axes.flat)[len(results) :]:
-        ax.set_visible(False)
+    spare = list(axes.flat)[len(results) :]
+    for ax in spare:
+        ax.set_axis_off()
     legend = {}  # one entry per label, over all panels (controls can be skipped)
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.legend(
-        list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8
-    )
+    handles, labels = list(legend.values()), list(legend)
+    if spare:  # the legend fills an empty panel, else goes below the panels
+        spare[0].legend(handles, labels, loc="center", fontsize=8)
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("Analytic frozen NTK vs empirical NTK of finite networks")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.tight_layout(rect=(0, 0 if spare else 0.08, 1, 0.97))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
