@@ -81,16 +81,13 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
 
 def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path:
     """One panel per architecture, saved as a PNG at `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot) leaves the caller's backend alone, e.g. in Jupyter.
+    from matplotlib.figure import Figure
 
     columns = min(3, len(results))
     rows = math.ceil(len(results) / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False
-    )
+    fig = Figure(figsize=(4.6 * columns, 3.8 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, result in zip(axes.flat, results):
         plot_sweep(ax, result)
     spare = list(axes.flat)[len(results) :]
@@ -108,5 +105,4 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
     fig.suptitle("Analytic frozen NTK vs empirical NTK of finite networks")
     fig.tight_layout(rect=(0, 0 if spare else 0.08, 1, 0.97))
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
