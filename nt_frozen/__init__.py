@@ -9,6 +9,10 @@ from nt_frozen._compat import load_neural_tangents
 nt = load_neural_tangents()
 stax = nt.stax
 
+from nt_frozen.decomposition import (  # noqa: E402
+    empirical_ntk_decomposition,
+    ntk_decomposition,
+)
 from nt_frozen.empirical import (  # noqa: E402
     empirical_kernel_fn,
     empirical_ntk_fn,
@@ -34,6 +38,7 @@ __all__ = [
     "Frozen",
     "FrozenParams",
     "empirical_kernel_fn",
+    "empirical_ntk_decomposition",
     "empirical_ntk_fn",
     "freeze_like",
     "labels",
@@ -47,6 +52,7 @@ __all__ = [
     "is_frozen",
     "is_frozen_layer",
     "nt",
+    "ntk_decomposition",
     "propagate_ntk_linearly",
     "stax",
 ]

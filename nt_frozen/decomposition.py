@@ -1,0 +1,553 @@
+"""Layer-wise NTK decomposition: which layers' parameters make up the NTK.
+
+The NTK is a sum over parameters, so it splits exactly over disjoint groups of
+layers: contribution `g` is the NTK of the network in which only group `g`
+trains (every other layer frozen), and the contributions sum to the full NTK.
+
+:func:`ntk_decomposition` computes all contributions analytically in *one*
+pass over the network. Every NT `kernel_fn` is affine in the incoming NTK,
+
+    ntk_out = L_nngp(ntk_in) + P(nngp_in),
+
+so at each layer one `jax.jvp` of `ntk -> kernel_fn(k with ntk)` at `ntk = 0`,
+vmapped over the stack of contributions accumulated so far, gives the outgoing
+NNGP and the layer's own parameter term `P` (the primal, computed once: it does
+not depend on the tangents) and `L` applied to every contribution (the
+tangents); `P` is then added to the layer's own group. Only groups that have
+started are carried, so the NNGP is computed once instead of once per group,
+and the NTK work is about half that of one frozen network per group.
+
+:func:`empirical_ntk_decomposition` is the finite-width counterpart: one
+Jacobian of the outputs with respect to the trainable parameters, contracted
+block by block.
+
+Example:
+  >>> import jax
+  >>> from nt_frozen import stax, ntk_decomposition
+  >>> layers = [stax.Dense(64), stax.Relu(), stax.Dense(1)]
+  >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+  >>> decomposition = ntk_decomposition(layers)
+  >>> parts = decomposition(x)
+  >>> parts.shape, decomposition.labels
+  ((2, 3, 3), ('0:Dense', '2:Dense'))
+  >>> full = stax.serial(*layers)[2](x, None, "ntk")
+  >>> bool(jax.numpy.allclose(parts.sum(0), full))
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from neural_tangents import Kernel
+from neural_tangents._src.empirical import _dot_general, _ntk_shape
+from neural_tangents._src.stax.requirements import get_req, layer, requires
+from neural_tangents._src.utils import utils as nt_utils
+
+from nt_frozen import stax
+from nt_frozen.params import merge, split
+
+Layer = tuple[Callable, Callable, Callable]
+PyTree = Any
+#: Layer indices of one group: an `int` or a sequence of `int`s.
+GroupSpec = int | Sequence[int]
+#: `None` (default), a sequence of groups, or a mapping from names to groups.
+Groups = Sequence[GroupSpec] | Mapping[str, GroupSpec] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A named set of layer indices whose parameters train together."""
+
+    label: str
+    indices: tuple[int, ...]
+
+
+def _is_kernel(x: Any) -> bool:
+    return isinstance(x, Kernel)
+
+
+def _has_leaves(tree: PyTree) -> bool:
+    return bool(jax.tree_util.tree_leaves(tree))
+
+
+def _check_layers(layers: Any, where: str) -> list[Layer]:
+    if (
+        isinstance(layers, (tuple, list))
+        and len(layers) == 3
+        and all(map(callable, layers))
+        and get_req(layers[2]) is not None  # NT's `@layer` marks its kernel_fn
+    ):
+        # One layer (e.g. `stax.serial(...)` itself), not a list of layers.
+        raise TypeError(
+            f"{where}: `layers` is a single layer (init_fn, apply_fn, kernel_fn), "
+            f"not a list of layers. Pass the layers given to stax.serial, e.g. "
+            f"{where}([stax.Dense(512), stax.Relu(), stax.Dense(1)])."
+        )
+    if not isinstance(layers, Sequence) or isinstance(layers, str):
+        raise TypeError(
+            f"{where}: `layers` must be a list of stax layers, got "
+            f"{type(layers).__name__}."
+        )
+    if not layers:
+        raise ValueError(f"{where}: `layers` is empty; pass at least one layer.")
+    for i, candidate in enumerate(layers):
+        if callable(candidate):
+            name = getattr(candidate, "__name__", repr(candidate))
+            raise TypeError(
+                f"{where}: layers[{i}] is the function {name!r}, not a layer "
+                f"triple. Call it first, e.g. stax.{name}(...)."
+            )
+        if not isinstance(candidate, (tuple, list)) or len(candidate) != 3:
+            hint = (
+                " A pair (init_fn, apply_fn) is a jax.example_libraries.stax "
+                "layer, which has no kernel_fn: use the neural_tangents.stax one."
+                if isinstance(candidate, (tuple, list)) and len(candidate) == 2
+                else ""
+            )
+            raise TypeError(
+                f"{where}: layers[{i}] is not a layer triple (init_fn, apply_fn, "
+                f"kernel_fn): got {type(candidate).__name__} {candidate!r}.{hint}"
+            )
+        for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
+            if not callable(fn):
+                raise TypeError(
+                    f"{where}: the {role} of layers[{i}] is not callable: "
+                    f"{type(fn).__name__} {fn!r}."
+                )
+    return [tuple(candidate) for candidate in layers]
+
+
+def _layer_name(lyr: Layer) -> str:
+    return getattr(lyr[0], "__name__", type(lyr[0]).__name__)
+
+
+def _index(i: Any, n: int, label: str, where: str) -> int:
+    try:
+        if isinstance(i, bool):  # `True` is an int, but surely not meant as one
+            raise TypeError
+        index = operator.index(i)
+    except TypeError:
+        raise TypeError(
+            f"{where}: group {label!r} holds {i!r}; a group is a layer index or "
+            f"a sequence of layer indices (ints)."
+        ) from None
+    if not -n <= index < n:
+        raise ValueError(
+            f"{where}: group {label!r} names layer {index}, but the network has "
+            f"{n} layers (indices 0..{n - 1}, or negative from the end)."
+        )
+    return index % n
+
+
+def _parse_groups(
+    groups: Groups, n: int, names: Sequence[str] | None, where: str
+) -> tuple[Group, ...] | None:
+    """Validate user groups: disjoint, non-empty, existing layer indices."""
+    if groups is None:
+        return None
+    if isinstance(groups, Mapping):
+        items = [(str(label), spec) for label, spec in groups.items()]
+    elif isinstance(groups, Sequence) and not isinstance(groups, str):
+        items = [(None, spec) for spec in groups]
+    else:
+        raise TypeError(
+            f"{where}: `groups` must be None, a list of groups or a dict of named "
+            f"groups (each a layer index or a list of them), got "
+            f"{type(groups).__name__}."
+        )
+    if not items:
+        raise ValueError(
+            f"{where}: `groups` is empty; pass at least one group, or None for "
+            f"one group per layer with parameters."
+        )
+    owner: dict[int, str] = {}
+    parsed = []
+    for position, (label, spec) in enumerate(items):
+        shown = label if label is not None else f"groups[{position}]"
+        is_many = isinstance(spec, Iterable) and not isinstance(spec, str)
+        specs = list(spec) if is_many else [spec]
+        indices = tuple(_index(i, n, shown, where) for i in specs)
+        if not indices:
+            raise ValueError(f"{where}: group {shown!r} is empty.")
+        for i in indices:
+            if i in owner:
+                other = owner[i]
+                clash = (
+                    f"twice in group {shown!r}"
+                    if other == shown
+                    else f"in both group {other!r} and group {shown!r}"
+                )
+                raise ValueError(
+                    f"{where}: layer {i} is {clash}. Groups must be disjoint, so "
+                    f"that each parameter is counted once; remove it from one."
+                )
+            owner[i] = shown
+        if label is None:
+            label = "+".join(
+                f"{i}:{names[i]}" if names is not None else str(i) for i in indices
+            )
+        parsed.append(Group(label, indices))
+    return tuple(parsed)
+
+
+def _default_groups(
+    params: Sequence[PyTree], names: Sequence[str] | None
+) -> tuple[Group, ...]:
+    """One group per entry of `params` with trainable leaves."""
+    trainable, _ = split(tuple(params))
+    return tuple(
+        Group(f"{i}:{names[i]}" if names is not None else str(i), (i,))
+        for i, entry in enumerate(trainable)
+        if _has_leaves(entry)
+    )
+
+
+class _Resolved:
+    """Groups fixed at construction, or the default ones once resolved."""
+
+    def __init__(self, groups: tuple[Group, ...] | None, where: str):
+        self._groups = groups
+        self.explicit = groups is not None
+        self._where = where
+
+    def set_default(self, groups: tuple[Group, ...]) -> tuple[Group, ...]:
+        if not self.explicit:
+            self._groups = groups
+        return self._groups
+
+    @property
+    def groups(self) -> tuple[Group, ...]:
+        if self._groups is None:
+            raise ValueError(
+                f"{self._where}: the default groups (one per layer with trainable "
+                f"parameters) are found from the parameter shapes, known at the "
+                f"first call. Call it once first, use .resolve(...), or pass "
+                f"groups=... explicitly."
+            )
+        return self._groups
+
+
+class NTKDecomposition:
+    """Analytic layer-wise NTK decomposition; see :func:`ntk_decomposition`."""
+
+    def __init__(self, layers: Sequence[Layer], groups: Groups = None):
+        where = "ntk_decomposition"
+        self.layers = _check_layers(layers, where)
+        self._names = [_layer_name(lyr) for lyr in self.layers]
+        self._kernel_fns = [lyr[2] for lyr in self.layers]
+        self._init_fn = stax.serial(*self.layers)[0]
+        parsed = _parse_groups(groups, len(self.layers), self._names, where)
+        self._resolved = _Resolved(parsed, where)
+        # NT-style `kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs)`: every
+        # field as `stax.serial(*layers)` has it, but `ntk` is the stack.
+        self.kernel_fn = _decomposition_layer(self)[2]
+
+    @property
+    def groups(self) -> tuple[Group, ...]:
+        """The groups, in the order of the stack's leading axis."""
+        return self._resolved.groups
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Group labels (`"index:LayerName"` by default), in stack order."""
+        return tuple(group.label for group in self.groups)
+
+    def resolve(self, input_shape: PyTree) -> tuple[Group, ...]:
+        """The groups for inputs of `input_shape` (needed only for the default,
+        which keeps the layers whose `init_fn` makes trainable parameters)."""
+        if self._resolved.explicit:
+            return self._resolved.groups
+        params = jax.eval_shape(
+            lambda key: self._init_fn(key, input_shape)[1],
+            jax.eval_shape(jax.random.PRNGKey, 0),
+        )
+        return self._resolved.set_default(_default_groups(params, self._names))
+
+    def __call__(self, x1: PyTree, x2: PyTree | None = None, **kwargs) -> jax.Array:
+        """The stack of NTK contributions, shape `(G, *ntk.shape)`.
+
+        `x1` is an input batch (or a `Kernel`, whose own NTK, from layers
+        upstream, is then treated as frozen: it is in no contribution); `x2=None`
+        means `x2 = x1`; `kwargs` (`diagonal_batch`, `diagonal_spatial`,
+        `mask_constant`, ...) are as for any NT `kernel_fn`.
+        """
+        return self.kernel_fn(x1, x2, "ntk", **kwargs)
+
+    def _propagate(self, k: PyTree, **kwargs) -> PyTree:
+        """Kernel -> Kernel whose `ntk` is the stack of group contributions."""
+        if any(kk.ntk is None for kk in jax.tree_util.tree_leaves(k, _is_kernel)):
+            for kernel_fn in self._kernel_fns:  # `get` without "ntk"
+                k = kernel_fn(k, **kwargs)
+            return k
+        shapes = jax.tree_util.tree_map(lambda kk: kk.shape1, k, is_leaf=_is_kernel)
+        groups = self.resolve(shapes)
+        group_of = {i: g for g, group in enumerate(groups) for i in group.indices}
+
+        # An incoming NTK (a Kernel input) comes from layers upstream, which are
+        # in no group: start every contribution from zero.
+        k = _replace_ntks(k, _zeros_like_ntks(k))
+        slots: list[int] = []  # group of each row of `stack`, in order of start
+        stack: list[jax.Array] | None = None  # per Kernel leaf: (len(slots), ...)
+        for i, kernel_fn in enumerate(self._kernel_fns):
+            group = group_of.get(i)
+            if stack is None:
+                # Nothing upstream trains yet: the input NTK is 0, so the
+                # primal NTK is the layer's own term P; no linear map needed.
+                k = kernel_fn(k, **kwargs)
+                own = _ntks(k)
+            else:
+                # Affine in the NTK: at ntk = 0 the primal is P (and the NNGP),
+                # the tangent along a contribution is L(contribution). Under
+                # vmap the primal does not depend on the tangents: computed once.
+                ntk_map, zeros = _ntk_map(kernel_fn, k, kwargs), _zeros_like_ntks(k)
+
+                def jvp(tangent, ntk_map=ntk_map, zeros=zeros):
+                    return jax.jvp(ntk_map, (zeros,), (tangent,), has_aux=True)
+
+                own, stack, k = jax.vmap(jvp, out_axes=(None, 0, None))(stack)
+            if group is None:
+                continue  # frozen in every contribution: P is dropped
+            if stack is None:
+                stack, slots = [p[None] for p in own], [group]
+            elif group in slots:  # a group whose layers are not contiguous
+                row = slots.index(group)
+                stack = [s.at[row].add(p) for s, p in zip(stack, own)]
+            else:  # the first layer of a group: its contribution starts here
+                stack = [jnp.concatenate([s, p[None]]) for s, p in zip(stack, own)]
+                slots.append(group)
+
+        if stack is None:  # no group at all: an empty stack of the right shape
+            stack = [jnp.zeros((0, *jnp.shape(p)), p.dtype) for p in _ntks(k)]
+        else:
+            order = jnp.asarray([slots.index(g) for g in range(len(groups))])
+            stack = [s[order] for s in stack]
+        return _replace_ntks(k, stack)
+
+
+def _ntks(k: PyTree) -> list[jax.Array]:
+    return [kk.ntk for kk in jax.tree_util.tree_leaves(k, _is_kernel)]
+
+
+def _zeros_like_ntks(k: PyTree) -> list[jax.Array]:
+    return [jnp.zeros_like(ntk) for ntk in _ntks(k)]
+
+
+def _replace_ntks(k: PyTree, ntks: Sequence[jax.Array]) -> PyTree:
+    kernels, treedef = jax.tree_util.tree_flatten(k, _is_kernel)
+    replaced = [kk.replace(ntk=ntk) for kk, ntk in zip(kernels, ntks)]
+    return jax.tree_util.tree_unflatten(treedef, replaced)
+
+
+def _ntk_map(kernel_fn: Callable, k: PyTree, kwargs: dict) -> Callable:
+    """`ntks -> (outgoing ntks, outgoing Kernel)`, affine in `ntks`."""
+
+    def ntk_map(ntks):
+        out = kernel_fn(_replace_ntks(k, ntks), **kwargs)
+        return _ntks(out), out
+
+    return ntk_map
+
+
+@layer
+def _decomposition_layer(decomposition: NTKDecomposition) -> Layer:
+    # NT's `@layer` turns inputs into a Kernel with the requirements (diagonal
+    # batch/spatial, axes) of the whole serial network, and `get` picks fields;
+    # the stack lives in `ntk` only after the last layer, so no layer sees it.
+    init_fn, apply_fn, kernel_fn = stax.serial(*decomposition.layers)
+
+    @requires(**get_req(kernel_fn, {}))
+    def decomposed_kernel_fn(k, **kwargs):
+        return decomposition._propagate(k, **kwargs)
+
+    return init_fn, apply_fn, decomposed_kernel_fn
+
+
+def ntk_decomposition(
+    layers: Sequence[Layer], groups: Groups = None
+) -> NTKDecomposition:
+    """Split the analytic NTK of `stax.serial(*layers)` over groups of layers.
+
+    Contribution `g` is the NTK of the network in which only the layers of
+    group `g` train (all others frozen, as by :func:`~nt_frozen.Frozen`). All
+    contributions come from one pass over the network (see the module notes),
+    not one pass per group.
+
+    Args:
+      layers: the layers of a `stax.serial` network, each a stax triple
+        `(init_fn, apply_fn, kernel_fn)`; combinators (`serial`, `parallel`,
+        `repeat`, `FanOut`/`FanIn*`) and :func:`~nt_frozen.Frozen` layers are
+        single layers.
+      groups: `None` for one group per layer with trainable parameters (found
+        with the layer's `init_fn` at the first call; then ordered by layer); or
+        a list of groups; or a dict `{name: group}`. A group is a layer index
+        (negative ones count from the end) or a list of them; groups must be
+        disjoint. Layers in no group are frozen in every contribution, so the
+        contributions sum to the full NTK exactly when every layer with
+        trainable parameters is in some group. A parameter-free layer
+        (`Relu`, pooling, ...) or a `Frozen` one contributes exactly zero.
+
+    Returns:
+      An :class:`NTKDecomposition` `d`: `d(x1, x2=None, **kwargs)` is the
+      stack of contributions, shape `(G, *ntk.shape)`; `d.labels` /
+      `d.groups` name its rows; `d.kernel_fn(x1, x2, get, **kwargs)` is an NT
+      `kernel_fn` whose `ntk` field is that stack (other fields as usual).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen import stax, ntk_decomposition
+      >>> layers = [stax.Dense(64), stax.Erf(), stax.Dense(64), stax.Dense(1)]
+      >>> d = ntk_decomposition(layers, {"body": [0, 2], "readout": -1})
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
+      >>> jax.jit(d)(x, x[:2]).shape, d.labels
+      ((2, 5, 2), ('body', 'readout'))
+    """
+    return NTKDecomposition(layers, groups)
+
+
+class EmpiricalNTKDecomposition:
+    """Empirical layer-wise NTK decomposition; see
+    :func:`empirical_ntk_decomposition`."""
+
+    def __init__(
+        self,
+        apply_fn: Callable,
+        groups: Groups,
+        trace_axes,
+        diagonal_axes,
+    ):
+        self.apply_fn = apply_fn
+        self.trace_axes = trace_axes
+        self.diagonal_axes = diagonal_axes
+        self._groups_spec = groups
+        self._resolved = _Resolved(None, "empirical_ntk_decomposition")
+
+    @property
+    def groups(self) -> tuple[Group, ...]:
+        """The groups of the latest call, in the order of the stack's rows."""
+        return self._resolved.groups
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Group labels (the layer index by default), in stack order."""
+        return tuple(group.label for group in self.groups)
+
+    def resolve(self, params: PyTree) -> tuple[Group, ...]:
+        """The groups for `params` (one entry per layer of `stax.serial`)."""
+        where = "empirical_ntk_decomposition"
+        if params is None:
+            raise TypeError(f"{where}: params is None; pass the network's params.")
+        if not isinstance(params, (tuple, list)):
+            raise TypeError(
+                f"{where}: params must be those of a stax.serial network, a "
+                f"tuple with one entry per layer, got {type(params).__name__}. "
+                f"Wrap a single layer as stax.serial(layer)."
+            )
+        groups = _parse_groups(self._groups_spec, len(params), None, where)
+        if groups is None:
+            groups = _default_groups(params, None)
+        return self._resolved.set_default(groups)
+
+    def __call__(
+        self, x1: PyTree, x2: PyTree | None, params: PyTree, **apply_fn_kwargs
+    ) -> PyTree:
+        """The stack of empirical NTK contributions, shape `(G, *ntk.shape)`.
+
+        Same arguments as the `ntk_fn` of `nt.empirical_ntk_fn`; for a network
+        with several outputs, a tree of such stacks.
+        """
+        groups = self.resolve(params)
+        trainable, frozen = split(params)
+        # Differentiate only trainable leaves of grouped layers: the rest,
+        # frozen leaves included, are constants and cost no Jacobian.
+        grouped = sorted({i for group in groups for i in group.indices})
+        wrt = [i for i in grouped if _has_leaves(trainable[i])]
+        kwargs1, kwargs2 = nt_utils.split_kwargs(apply_fn_kwargs, x1, x2)
+
+        def f(sub, x, kwargs):
+            full = list(trainable)
+            for i, entry in zip(wrt, sub):
+                full[i] = entry
+            return self.apply_fn(merge(type(params)(full), frozen), x, **kwargs)
+
+        sub = tuple(trainable[i] for i in wrt)
+        fx1 = jax.eval_shape(lambda s: f(s, x1, kwargs1), sub)
+        j1 = jax.jacobian(lambda s: f(s, x1, kwargs1))(sub)
+        if x2 is None:
+            fx2, j2 = fx1, j1
+        else:
+            fx2 = jax.eval_shape(lambda s: f(s, x2, kwargs2), sub)
+            j2 = jax.jacobian(lambda s: f(s, x2, kwargs2))(sub)
+
+        def per_output(fx1, fx2, j1, j2):
+            ndim = len(fx1.shape)
+            trace = nt_utils.canonicalize_axis(self.trace_axes, ndim)
+            diagonal = nt_utils.canonicalize_axis(self.diagonal_axes, ndim)
+            size = nt_utils.size_at(fx1.shape, trace)
+
+            def contract(a, b):  # J_a J_b^T over parameter and traced axes
+                axes = trace + list(range(ndim, a.ndim))
+                return _dot_general(a, b, axes, diagonal) / size
+
+            shape = _ntk_shape(fx1.shape, fx2.shape, trace, diagonal)
+            rows = []
+            for group in groups:
+                row = jnp.zeros(shape, fx1.dtype)
+                for i in group.indices:
+                    if i in wrt:
+                        position = wrt.index(i)
+                        blocks = jax.tree_util.tree_map(
+                            contract, j1[position], j2[position]
+                        )
+                        row = row + jax.tree_util.tree_reduce(operator.add, blocks)
+                rows.append(row)
+            return jnp.stack(rows) if rows else jnp.zeros((0, *shape), fx1.dtype)
+
+        return jax.tree_util.tree_map(per_output, fx1, fx2, j1, j2)
+
+
+def empirical_ntk_decomposition(
+    apply_fn: Callable,
+    groups: Groups = None,
+    trace_axes=(-1,),
+    diagonal_axes=(),
+) -> EmpiricalNTKDecomposition:
+    """Split the empirical NTK of a `stax.serial` network over groups of layers.
+
+    The finite-width counterpart of :func:`ntk_decomposition`: row `g` is the
+    NTK of the trainable parameters of group `g`'s layers, `J_g J_g^T`. One
+    Jacobian of the outputs with respect to the trainable parameters of the
+    grouped layers (frozen leaves excluded) gives every row; the rows sum to
+    :func:`~nt_frozen.empirical_ntk_fn`'s NTK when every layer with trainable
+    parameters is in some group.
+
+    Args:
+      apply_fn: the `apply_fn` of `stax.serial(*layers)`; its `params` are a
+        tuple with one entry per layer, which the group indices refer to.
+      groups: as for :func:`ntk_decomposition`; `None` gives one group per
+        layer with trainable parameters, labelled by its index.
+      trace_axes, diagonal_axes: as for `nt.empirical_ntk_fn` (the output
+        axes traced over, normalized by their size, and kept diagonal).
+
+    Returns:
+      An :class:`EmpiricalNTKDecomposition` `d`: `d(x1, x2, params,
+      **apply_fn_kwargs)` is the stack, shape `(G, *ntk.shape)`, and
+      `d.labels` / `d.groups` name its rows (for the latest `params`).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen import Frozen, stax, empirical_ntk_decomposition
+      >>> init_fn, apply_fn, _ = stax.serial(
+      ...     stax.Dense(16), stax.Relu(), Frozen(stax.Dense(16)), stax.Dense(1))
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+      >>> _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+      >>> d = empirical_ntk_decomposition(apply_fn)
+      >>> jax.jit(d)(x, None, params).shape, d.labels
+      ((2, 3, 3), ('0', '3'))
+    """
+    return EmpiricalNTKDecomposition(apply_fn, groups, trace_axes, diagonal_axes)
