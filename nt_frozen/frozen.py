@@ -146,7 +146,8 @@ def Frozen(layer: Layer) -> Layer:  # noqa: N802 (stax layers are CamelCase)
     if getattr(kernel_fn, _FROZEN_MARK, False):
         return layer  # Freezing is idempotent.
     frozen = _frozen(init_fn, apply_fn, kernel_fn)
-    for fn in frozen:
-        fn.__name__ = f"Frozen({getattr(fn, '__name__', 'layer')})"
+    # Name after the wrapped layer (`Frozen(Dense)`), for labels and tracebacks.
+    for fn, original in zip(frozen, (init_fn, apply_fn, kernel_fn)):
+        fn.__name__ = f"Frozen({getattr(original, '__name__', 'layer')})"
     setattr(frozen[2], _FROZEN_MARK, True)
     return frozen
