@@ -13,6 +13,14 @@ from nt_frozen.decomposition import (  # noqa: E402
     empirical_ntk_decomposition,
     ntk_decomposition,
 )
+from nt_frozen.dynamics import (  # noqa: E402
+    analytic_prediction,
+    compare_dynamics,
+    dynamics_agreement,
+    gd_schedule,
+    linearized_members,
+    train_ensemble,
+)
 from nt_frozen.empirical import (  # noqa: E402
     empirical_kernel_fn,
     empirical_ntk_fn,
@@ -35,6 +43,12 @@ from nt_frozen.params import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "analytic_prediction",
+    "compare_dynamics",
+    "dynamics_agreement",
+    "gd_schedule",
+    "linearized_members",
+    "train_ensemble",
     "Frozen",
     "FrozenParams",
     "empirical_kernel_fn",

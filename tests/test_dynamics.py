@@ -1,0 +1,368 @@
+"""Gradient-descent dynamics with frozen layers: finite ensembles vs `nt.predict`.
+
+Setup: 10 training and 6 test points on the sphere of radius sqrt(8) in R^8,
+targets `sin(x . v / 2)`; the MLP Dense -> Relu -> Dense(W_std=0.5) -> Relu ->
+Dense(1) (b_std=0.1) at width 1024, with three freezing patterns: (a) frozen
+middle Dense, (b) only the readout trainable, (c) only the first Dense
+trainable. An ensemble of M = 48 networks (fixed seed) is trained by full-batch
+gradient descent; at t = 1, 2, 4 (in units of N / lambda_max of the analytic
+frozen NTK) and at convergence its test outputs are compared with
+`nt.predict.gradient_descent_mse_ensemble` on the frozen kernel.
+
+Tolerances (derived, one fixed k = 4; see `DynamicsAgreement`): errors are
+norms over the test outputs, relative to the root second moment of the
+analytic prediction (mean) or to the analytic variance (variance).
+
+- Mean: the ensemble mean is the analytic mean plus Monte Carlo noise, whose
+  norm is typically its standard error SE = ||std / sqrt(M)||, plus a
+  finite-width bias, at most the deviation of one network from its
+  infinite-width linearization, O(width^-1/2). So
+  `error <= k (SE + width^-1/2)`. Noise alone exceeds 4 SE with probability
+  < 1e-4 (one dominant output: a normal beyond 4 sigma).
+- Paired mean: the same bound for the average of `member - linearized member`
+  (the member's own initial outputs pushed through the analytic dynamics).
+  Its expectation is the same mean error (the linearized member is affine in
+  the initial outputs, whose mean is exactly 0), but the initialization noise
+  cancels, so its SE is 5-10x smaller. This is what gives the test power. (The
+  bias it exposes does scale like width^-1/2: up to ~1.5 width^-1/2 here, at
+  t = inf with only the first layer trained; see the slow test.)
+- Variance: the sample variance of M Gaussian draws has relative standard
+  error sqrt(2 / (M - 1)); finite width again adds O(width^-1/2). So
+  `error <= k (sqrt(2 / (M - 1)) + width^-1/2)`.
+- Gradient descent tracks the flow to within step_fraction / (2e) < 1% of the
+  initial residual (step_fraction = 0.05, `gd_schedule`), and t = inf is
+  reached to 1e-3 of the slowest mode: both well below width^-1/2 = 3%.
+
+Power: the same ensembles must fail these tolerances against the unfrozen
+network's NTK and, for the frozen middle layer, against the guess that a frozen
+layer passes the NTK through unchanged (wrong by its W_std^2 = 0.25).
+Measured with this seed: the right kernels use at most 25% of any tolerance;
+the unfrozen NTK exceeds the paired-mean tolerance 1.4x (frozen middle, t = 2)
+and 2.8x (readout only), and the variance tolerance 1.5x (first layer only,
+t = 1); the identity guess exceeds the paired-mean tolerance 2.3x.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nt_frozen import Frozen, empirical_ntk_fn, nt, stax
+from nt_frozen.dynamics import (
+    INF_WARMUP,
+    analytic_prediction,
+    dynamics_agreement,
+    gd_schedule,
+    train_ensemble,
+)
+
+D, N_TRAIN, N_TEST = 8, 10, 6
+WIDTH, SMALL_WIDTH = 1024, 256
+MEMBERS = 48
+K = 4.0
+W_MIDDLE = 0.5  # far from 1, so that the "identity" guess is visibly wrong
+STEP_FRACTION = 0.05
+TIMES = (1.0, 2.0, 4.0, math.inf)  # finite ones in units of N / lambda_max
+
+# Which of the three Dense layers are frozen.
+CASES = {
+    "frozen_middle": (False, True, False),
+    "readout_only": (True, True, False),
+    "first_layer_only": (False, True, True),
+}
+
+
+def _data():
+    rng = np.random.default_rng(0)
+
+    def sphere(n):
+        x = rng.normal(size=(n, D))
+        return np.sqrt(D) * x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x_train, x_test = sphere(N_TRAIN), sphere(N_TEST)
+    y_train = np.sin(x_train @ np.linspace(-1, 1, D) / 2)[:, None]
+    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
+
+
+X_TRAIN, Y_TRAIN, X_TEST = _data()
+# NT's layer machinery (importable only after nt_frozen has patched NT).
+_requirements = nt._src.stax.requirements
+
+
+@_requirements.layer
+def _identity_guess(init_fn, apply_fn, kernel_fn):
+    """A "frozen" layer whose NTK map is the identity (NNGP unchanged)."""
+
+    @_requirements.requires(**_requirements.get_req(kernel_fn, {}))
+    def guess_kernel_fn(k, **kwargs):
+        return kernel_fn(k, **kwargs).replace(ntk=k.ntk)
+
+    return init_fn, apply_fn, guess_kernel_fn
+
+
+def _mlp(width, frozen=(False, False, False), middle=None):
+    dense = [
+        stax.Dense(width, b_std=0.1),
+        stax.Dense(width, W_std=W_MIDDLE, b_std=0.1),
+        stax.Dense(1, b_std=0.1),
+    ]
+    dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
+    if middle is not None:
+        dense[1] = middle(*dense[1])
+    return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
+
+
+def _times(kernel_fn):
+    """TIMES in NT's units (learning_rate 1): t = entry * N / lambda_max."""
+    ntk = analytic_prediction(
+        kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, [math.inf]
+    ).ntk_train_train
+    lam_max = float(np.linalg.eigvalsh(np.asarray(ntk, np.float64))[-1])
+    return [t * N_TRAIN / lam_max for t in TIMES]
+
+
+@functools.cache
+def _run(case, width):
+    """Train the ensemble of `case` once per module; share it between tests."""
+    init_fn, apply_fn, kernel_fn = _mlp(width, CASES[case])
+    ts = _times(kernel_fn)
+    prediction = analytic_prediction(kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, ts)
+    ensemble = train_ensemble(
+        init_fn,
+        apply_fn,
+        X_TRAIN,
+        Y_TRAIN,
+        X_TEST,
+        ts,
+        jax.random.PRNGKey(1),
+        MEMBERS,
+        prediction.ntk_train_train,
+        step_fraction=STEP_FRACTION,
+        member_batch_size=None if width <= WIDTH else 16,  # memory
+    )
+    return ensemble, prediction
+
+
+def _assert_agrees(agreement, width):
+    mean_tol, paired_tol, var_tol = agreement.tolerances(width, K)
+    np.testing.assert_array_less(agreement.mean_error, mean_tol)
+    np.testing.assert_array_less(agreement.paired_mean_error, paired_tol)
+    np.testing.assert_array_less(agreement.variance_error, var_tol)
+
+
+# --- Schedule and time convention -------------------------------------------
+
+
+def test_schedule_lands_on_requested_times_with_bounded_steps():
+    ntk = np.array([[3.0, 1.0], [1.0, 2.0]])
+    lam_min, lam_max = np.linalg.eigvalsh(ntk)
+    ts = [0.3, 0.3, 1.7, math.inf, math.inf]
+    s = gd_schedule(ts, ntk, y_size=2, learning_rate=0.5, step_fraction=0.05)
+    # Three finite times, the t = inf run's warm-up and large steps, a repeat.
+    assert s.recorded.tolist() == [True, True, True, False, True, True]
+    tau = np.cumsum(s.n_steps * s.step_sizes)
+    np.testing.assert_allclose(tau[:3], 0.5 * np.array(ts[:3]))
+    np.testing.assert_allclose(tau[3], INF_WARMUP * 2 / lam_max)
+    assert np.all(s.step_sizes[:4] * lam_max / 2 <= 0.05 + 1e-12)
+    assert s.n_steps[1] == 0 and s.n_steps[5] == 0  # repeated times: no steps
+    # The large steps shrink the slowest mode below inf_tol = 1e-3, no more.
+    x_min, n = s.step_sizes[4] * lam_min / 2, s.n_steps[4]
+    assert (1 - x_min) ** n <= 1e-3 < (1 - x_min) ** (n - 1)
+
+
+@pytest.mark.parametrize(
+    "ts, ntk, match",
+    [
+        ([], np.eye(2), "empty"),
+        ([2.0, 1.0], np.eye(2), "non-decreasing"),
+        ([-1.0], np.eye(2), "non-negative"),
+        ([1.0], np.zeros((2, 2)), "NTK is zero"),
+        ([math.inf], np.diag([1.0, 0.0]), "positive definite"),
+        ([math.inf], np.diag([1.0, 1e-9]), "max_steps"),
+    ],
+)
+def test_schedule_refuses_what_it_cannot_do(ts, ntk, match):
+    with pytest.raises(ValueError, match=match):
+        gd_schedule(ts, ntk, y_size=2)
+
+
+def test_time_convention_is_nt_s_for_an_exactly_linear_model():
+    """Only the readout trains, so each network is exactly linear in its
+    trainable parameters with its empirical NTK: its trajectory must be NT's
+    `gradient_descent_mse` with that kernel, at the same `t` and
+    `learning_rate`, up to the discretization error (< step_fraction of the
+    change). A loss summed instead of averaged, or a learning rate not applied
+    to `t`, would be off by factors of N = 10 or 2."""
+    init_fn, apply_fn, _ = _mlp(64, CASES["readout_only"])
+    lr, step_fraction = 0.5, 0.01
+    key = jax.random.PRNGKey(3)
+    _, params = init_fn(jax.random.split(key, 2)[0], X_TRAIN.shape)
+    ntk = jax.jit(empirical_ntk_fn(apply_fn))(
+        jnp.concatenate([X_TRAIN, X_TEST]), None, params
+    )
+    k_dd, k_td = ntk[:N_TRAIN, :N_TRAIN], ntk[N_TRAIN:, :N_TRAIN]
+    lam_max = float(np.linalg.eigvalsh(k_dd)[-1])
+    ts = [t * N_TRAIN / (lam_max * lr) for t in (0.5, 3.0)] + [math.inf]
+    ens = train_ensemble(
+        init_fn,
+        apply_fn,
+        X_TRAIN,
+        Y_TRAIN,
+        X_TEST,
+        ts,
+        key,
+        2,
+        k_dd,
+        learning_rate=lr,
+        step_fraction=step_fraction,
+        return_train=True,
+    )
+    member, f0_train, f0_test = ens.test[0], ens.train_0[0], ens.test_0[0]
+    predict_fn = nt.predict.gradient_descent_mse(k_dd, Y_TRAIN, learning_rate=lr)
+
+    def nt_at(t):
+        return predict_fn(t, f0_train, f0_test, k_td)[1]
+
+    expected = jnp.stack([nt_at(ts[0]), nt_at(ts[1]), nt_at(None)])
+    change = np.linalg.norm(expected - f0_test, axis=(1, 2))
+    error = np.linalg.norm(member - expected, axis=(1, 2))
+    np.testing.assert_array_less(error, step_fraction * change)
+    for wrong in (2.0, 0.5):  # the same check fails for a misread time scale
+        misread = nt_at(wrong * ts[1])
+        assert np.linalg.norm(member[1] - misread) > 10 * step_fraction * change[1]
+    # Converged: the training set is interpolated.
+    np.testing.assert_allclose(
+        ens.train[:, -1], np.broadcast_to(Y_TRAIN, (2,) + Y_TRAIN.shape), atol=5e-3
+    )
+
+
+def test_training_compiles_once_for_new_times_and_keys():
+    from nt_frozen.dynamics import _train_members
+
+    init_fn, apply_fn, kernel_fn = _mlp(32, CASES["frozen_middle"])
+    ntk = np.eye(N_TRAIN)
+    before = _train_members._cache_size()
+    for ts, seed in (([0.5, 1.0], 0), ([2.0, 7.0], 1)):
+        train_ensemble(
+            init_fn,
+            apply_fn,
+            X_TRAIN,
+            Y_TRAIN,
+            X_TEST,
+            ts,
+            jax.random.PRNGKey(seed),
+            3,
+            ntk,
+        )
+    assert _train_members._cache_size() == before + 1
+
+
+# --- Ensembles vs nt.predict --------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ensemble_matches_nt_predict_with_frozen_kernel(case):
+    ensemble, prediction = _run(case, WIDTH)
+    _assert_agrees(dynamics_agreement(ensemble, prediction), WIDTH)
+
+
+def test_readout_only_converges_to_nngp_posterior():
+    """At t = inf, training only the readout is NNGP regression: compare with
+    the posterior mean K_tx K_xx^-1 y and variance K_tt - K_tx K_xx^-1 K_xt in
+    float64 numpy, from the NNGP kernel alone (not from nt.predict)."""
+    ensemble, _ = _run("readout_only", WIDTH)
+    _, _, kernel_fn = _mlp(WIDTH, CASES["readout_only"])
+    x_all = jnp.concatenate([X_TRAIN, X_TEST])
+    k = np.asarray(kernel_fn(x_all, None, "nngp"), np.float64)
+    k_xx, k_tx, k_tt = (
+        k[:N_TRAIN, :N_TRAIN],
+        k[N_TRAIN:, :N_TRAIN],
+        k[N_TRAIN:, N_TRAIN:],
+    )
+    y = np.asarray(Y_TRAIN, np.float64)
+    mean = k_tx @ np.linalg.solve(k_xx, y)
+    var = np.diag(k_tt - k_tx @ np.linalg.solve(k_xx, k_tx.T))[:, None]
+
+    test = np.asarray(ensemble.test[:, -1], np.float64)
+    scale = np.sqrt(np.sum(mean**2) + np.sum(var))
+    se = np.sqrt(test.var(0, ddof=1).sum() / MEMBERS)
+    finite_width = 1 / np.sqrt(WIDTH)
+    assert np.linalg.norm(test.mean(0) - mean) <= K * (se + finite_width * scale)
+    # Paired: member minus its own exact NNGP-regression limit from f_0.
+    f0_train = np.asarray(ensemble.train_0, np.float64)
+    f0_test = np.asarray(ensemble.test_0, np.float64)
+    limit = f0_test + np.einsum(
+        "tx,mxo->mto", k_tx, np.linalg.solve(k_xx, y - f0_train)
+    )
+    residual = test - limit
+    paired_se = np.sqrt(residual.var(0, ddof=1).sum() / MEMBERS)
+    assert np.linalg.norm(residual.mean(0)) <= K * (paired_se + finite_width * scale)
+    variance_tol = K * (np.sqrt(2 / (MEMBERS - 1)) + finite_width)
+    assert np.linalg.norm(test.var(0, ddof=1) - var) <= variance_tol * np.linalg.norm(
+        var
+    )
+    # nt.predict with the frozen kernel (NTK == NNGP here) agrees in float32.
+    _, prediction = _run("readout_only", WIDTH)
+    np.testing.assert_allclose(prediction.mean[-1], mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(prediction.variance[-1], var[:, 0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unfrozen_ntk_is_rejected(case):
+    ensemble, prediction = _run(case, WIDTH)
+    _, _, unfrozen_kernel_fn = _mlp(WIDTH)
+    wrong = analytic_prediction(
+        unfrozen_kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, prediction.ts
+    )
+    agreement = dynamics_agreement(ensemble, wrong)
+    assert not agreement.agrees(WIDTH, K).all()
+    if case != "first_layer_only":  # there the variance is what fails most
+        _, paired_tol, _ = agreement.tolerances(WIDTH, K)
+        assert np.any(agreement.paired_mean_error > paired_tol)
+
+
+def test_identity_guess_for_a_frozen_layer_is_rejected():
+    ensemble, prediction = _run("frozen_middle", WIDTH)
+    _, _, guess_kernel_fn = _mlp(WIDTH, middle=_identity_guess)
+    wrong = analytic_prediction(
+        guess_kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, prediction.ts
+    )
+    agreement = dynamics_agreement(ensemble, wrong)
+    _, paired_tol, _ = agreement.tolerances(WIDTH, K)
+    assert np.any(agreement.paired_mean_error > paired_tol)
+
+
+def test_finite_width_error_shrinks_with_width():
+    """One network's deviation from its infinite-width linearization scales
+    like width^-1/2: from 256 to 1024 it must shrink, by about 2 (asserted:
+    more than 1.4), averaged over the times. (The ensemble mean's own error
+    is within the Monte Carlo noise at width 256 and M = 48; see the slow
+    test.)"""
+    rms = {}
+    for width in (SMALL_WIDTH, WIDTH):
+        agreement = dynamics_agreement(*_run("frozen_middle", width))
+        rms[width] = agreement.residual_rms.mean()
+    assert rms[WIDTH] * 1.4 < rms[SMALL_WIDTH]
+
+
+@pytest.mark.slow
+def test_ensemble_mean_error_shrinks_with_width_sweep():
+    """The ensemble mean's own error, estimated without initialization noise
+    (paired), shrinks from width 256 to 4096, here by about sqrt(16) = 4 (it
+    behaves like width^-1/2; asserted: more than 2), averaged over the times.
+    First-layer-only training, where it is largest (0.09 at t = inf and width
+    256). The unpaired mean error cannot show this at affordable M: its Monte
+    Carlo noise (~0.07-0.1) does not shrink with width. About 4 minutes on 2
+    CPU cores."""
+    errors = {
+        width: dynamics_agreement(
+            *_run("first_layer_only", width)
+        ).paired_mean_error.mean()
+        for width in (SMALL_WIDTH, 4096)
+    }
+    assert errors[4096] * 2 < errors[SMALL_WIDTH]
