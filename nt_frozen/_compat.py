@@ -15,6 +15,8 @@ working modules.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import sys
 import types
@@ -166,6 +168,46 @@ def _adapt_structured_derivatives() -> None:
     empirical._get_flops = _flops
 
 
+def _is_traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _adapt_predict(nt: types.ModuleType) -> None:
+    """Let `nt.predict.gradient_descent_mse` take a traced kernel (under `jit`).
+
+    NT builds its Cholesky factor / eigenbasis inside `jax.core.eval_context()`
+    so that its `lru_cache` holds concrete arrays. On current JAX tracing
+    follows a context, not the arguments, so an outer tracer used inside that
+    context leaks (`UnexpectedTracerError`). A traced kernel has nothing
+    concrete to cache: for it, run NT's own code with a no-op `eval_context`.
+    Concrete kernels keep NT's path unchanged.
+    """
+    predict = importlib.import_module("neural_tangents._src.predict")
+    original = predict.gradient_descent_mse
+    core_view = types.ModuleType(jax.core.__name__)
+    core_view.__dict__.update(vars(jax.core))
+    core_view.eval_context = contextlib.nullcontext
+    jax_view = types.ModuleType(jax.__name__)
+    jax_view.__dict__.update(vars(jax))
+    jax_view.core = core_view
+    for_traced = types.FunctionType(
+        original.__code__,
+        {**vars(predict), "jax": jax_view},
+        original.__name__,
+        original.__defaults__,
+        original.__closure__,
+    )
+    for_traced.__kwdefaults__ = original.__kwdefaults__
+
+    @functools.wraps(original)
+    def gradient_descent_mse(k_train_train, y_train, *args, **kwargs):
+        fn = for_traced if _is_traced((k_train_train, y_train)) else original
+        return fn(k_train_train, y_train, *args, **kwargs)
+
+    predict.gradient_descent_mse = gradient_descent_mse
+    nt.predict.gradient_descent_mse = gradient_descent_mse
+
+
 def load_neural_tangents() -> types.ModuleType:
     """Restore missing JAX names, then import and return `neural_tangents`."""
     _restore_jax_core()
@@ -175,6 +217,7 @@ def load_neural_tangents() -> types.ModuleType:
     _stub_experimental()
     nt = importlib.import_module("neural_tangents")
     _adapt_structured_derivatives()
+    _adapt_predict(nt)
     if nt.__version__ != NT_VERSION:
         raise ImportError(
             f"nt_frozen supports neural-tangents {NT_VERSION}, found "
