@@ -481,9 +481,7 @@ def linearized_members(
         )
     finite = ts[np.isfinite(ts)]
     n_inf = ts.size - finite.size
-    # Built and called outside jit: NT caches the eigendecomposition under
-    # `jax.core.eval_context()`, which on current (stackless) JAX leaks a
-    # tracer when the kernel is traced.
+    # Built once, so NT's cached eigendecomposition serves every member and time.
     predict_fn = nt.predict.gradient_descent_mse(
         prediction.ntk_train_train,
         prediction.y_train,

@@ -60,6 +60,7 @@ from nt_frozen.dynamics import (
     gd_schedule,
     train_ensemble,
 )
+from nt_frozen.validate import IdentityGuess
 
 D, N_TRAIN, N_TEST = 8, 10, 6
 WIDTH, SMALL_WIDTH = 1024, 256
@@ -91,20 +92,6 @@ def _data():
 
 X_TRAIN, Y_TRAIN, X_TEST = _data()
 # NT's layer machinery (importable only after nt_frozen has patched NT).
-_requirements = nt._src.stax.requirements
-
-
-@_requirements.layer
-def _identity_guess(init_fn, apply_fn, kernel_fn):
-    """A "frozen" layer whose NTK map is the identity (NNGP unchanged)."""
-
-    @_requirements.requires(**_requirements.get_req(kernel_fn, {}))
-    def guess_kernel_fn(k, **kwargs):
-        return kernel_fn(k, **kwargs).replace(ntk=k.ntk)
-
-    return init_fn, apply_fn, guess_kernel_fn
-
-
 def _mlp(width, frozen=(False, False, False), middle=None):
     dense = [
         stax.Dense(width, b_std=0.1),
@@ -113,7 +100,7 @@ def _mlp(width, frozen=(False, False, False), middle=None):
     ]
     dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
     if middle is not None:
-        dense[1] = middle(*dense[1])
+        dense[1] = middle(dense[1])
     return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
 
 
@@ -328,7 +315,7 @@ def test_unfrozen_ntk_is_rejected(case):
 
 def test_identity_guess_for_a_frozen_layer_is_rejected():
     ensemble, prediction = _run("frozen_middle", WIDTH)
-    _, _, guess_kernel_fn = _mlp(WIDTH, middle=_identity_guess)
+    _, _, guess_kernel_fn = _mlp(WIDTH, middle=IdentityGuess)
     wrong = analytic_prediction(
         guess_kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, prediction.ts
     )
