@@ -24,8 +24,9 @@ import numpy as np
 from nt_frozen import Frozen, stax
 from nt_frozen.dynamics import (
     analytic_prediction,
+    compare_dynamics,
     dynamics_agreement,
-    train_ensemble,
+    stiffest_mode_time,
 )
 
 D, N_TRAIN, N_TEST = 8, 10, 6
@@ -85,26 +86,21 @@ def main() -> None:
         for width in args.widths:
             start = time.perf_counter()
             init_fn, apply_fn, kernel_fn = mlp(width, CASES[case])
-            ntk = analytic_prediction(
-                kernel_fn, x_train, y_train, x_test, [math.inf]
-            ).ntk_train_train
-            lam_max = float(np.linalg.eigvalsh(np.asarray(ntk, np.float64))[-1])
-            ts = [t * N_TRAIN / lam_max for t in TIMES]
-            prediction = analytic_prediction(kernel_fn, x_train, y_train, x_test, ts)
-            ensemble = train_ensemble(
+            unit = stiffest_mode_time(kernel_fn(x_train, None, "ntk"), y_train.size)
+            ts = [t * unit for t in TIMES]
+            ensemble, _, a = compare_dynamics(
                 init_fn,
                 apply_fn,
+                kernel_fn,
                 x_train,
                 y_train,
                 x_test,
                 ts,
                 jax.random.PRNGKey(args.seed),
                 args.members,
-                prediction.ntk_train_train,
                 step_fraction=args.step_fraction,
                 member_batch_size=args.member_batch_size,
             )
-            a = dynamics_agreement(ensemble, prediction)
             wrong = dynamics_agreement(
                 ensemble,
                 analytic_prediction(unfrozen_kernel_fn, x_train, y_train, x_test, ts),

@@ -19,6 +19,7 @@ from nt_frozen.dynamics import (  # noqa: E402
     dynamics_agreement,
     gd_schedule,
     linearized_members,
+    stiffest_mode_time,
     train_ensemble,
 )
 from nt_frozen.empirical import (  # noqa: E402
@@ -48,6 +49,7 @@ __all__ = [
     "dynamics_agreement",
     "gd_schedule",
     "linearized_members",
+    "stiffest_mode_time",
     "train_ensemble",
     "Frozen",
     "FrozenParams",

@@ -69,6 +69,21 @@ class GDSchedule(NamedTuple):
     recorded: np.ndarray
 
 
+def stiffest_mode_time(
+    ntk_train_train: ArrayLike, y_size: int, learning_rate: float = 1.0
+) -> float:
+    """`N / (learning_rate * lambda_max)`: the time, in NT's units, over which
+    the stiffest mode of the flow decays by `e`; a natural unit for `ts`.
+
+    Example:
+      >>> import numpy as np
+      >>> stiffest_mode_time(np.diag([4.0, 1.0]), y_size=2)
+      0.5
+    """
+    lam_max = float(np.linalg.eigvalsh(np.asarray(ntk_train_train, np.float64))[-1])
+    return y_size / (learning_rate * lam_max)
+
+
 def gd_schedule(
     ts: ArrayLike,
     ntk_train_train: ArrayLike,

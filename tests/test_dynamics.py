@@ -56,8 +56,10 @@ from nt_frozen import Frozen, empirical_ntk_fn, nt, stax
 from nt_frozen.dynamics import (
     INF_WARMUP,
     analytic_prediction,
+    compare_dynamics,
     dynamics_agreement,
     gd_schedule,
+    stiffest_mode_time,
     train_ensemble,
 )
 from nt_frozen.validate import IdentityGuess
@@ -91,7 +93,8 @@ def _data():
 
 
 X_TRAIN, Y_TRAIN, X_TEST = _data()
-# NT's layer machinery (importable only after nt_frozen has patched NT).
+
+
 def _mlp(width, frozen=(False, False, False), middle=None):
     dense = [
         stax.Dense(width, b_std=0.1),
@@ -106,29 +109,24 @@ def _mlp(width, frozen=(False, False, False), middle=None):
 
 def _times(kernel_fn):
     """TIMES in NT's units (learning_rate 1): t = entry * N / lambda_max."""
-    ntk = analytic_prediction(
-        kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, [math.inf]
-    ).ntk_train_train
-    lam_max = float(np.linalg.eigvalsh(np.asarray(ntk, np.float64))[-1])
-    return [t * N_TRAIN / lam_max for t in TIMES]
+    unit = stiffest_mode_time(kernel_fn(X_TRAIN, None, "ntk"), Y_TRAIN.size)
+    return [t * unit for t in TIMES]
 
 
 @functools.cache
 def _run(case, width):
     """Train the ensemble of `case` once per module; share it between tests."""
     init_fn, apply_fn, kernel_fn = _mlp(width, CASES[case])
-    ts = _times(kernel_fn)
-    prediction = analytic_prediction(kernel_fn, X_TRAIN, Y_TRAIN, X_TEST, ts)
-    ensemble = train_ensemble(
+    ensemble, prediction, _ = compare_dynamics(
         init_fn,
         apply_fn,
+        kernel_fn,
         X_TRAIN,
         Y_TRAIN,
         X_TEST,
-        ts,
+        _times(kernel_fn),
         jax.random.PRNGKey(1),
         MEMBERS,
-        prediction.ntk_train_train,
         step_fraction=STEP_FRACTION,
         member_batch_size=None if width <= WIDTH else 16,  # memory
     )
