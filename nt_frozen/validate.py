@@ -377,8 +377,13 @@ class ArchitectureResult:
 
 
 def log_log_slope(widths: Sequence[int], errors: Sequence[float]) -> float:
-    """Least-squares slope of `log(errors)` against `log(widths)`."""
-    return float(np.polyfit(np.log(widths), np.log(errors), 1)[0])
+    """Least-squares slope of `log(errors)` against `log(widths)` (NaN if an
+    error is zero: no slope is defined, and `compare` FAILs on it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(errors)
+    if not np.isfinite(logs).all():
+        return float("nan")
+    return float(np.polyfit(np.log(widths), logs, 1)[0])
 
 
 def _bootstrap_slope_se(widths, errors_per_width, rng) -> float:
