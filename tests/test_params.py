@@ -95,13 +95,7 @@ def _l2_adam_steps(opt, n_steps=5):
     """`n_steps` of `opt` on a loss with an L2 term on *all* parameters, whose
     gradient reaches frozen leaves too (outside `apply_fn`'s stop-gradient).
     Returns the parameters before and after."""
-    init_fn, apply_fn, _ = stax.serial(
-        stax.Dense(16, b_std=0.1),
-        stax.Relu(),
-        Frozen(stax.Dense(16, b_std=0.1)),
-        stax.Relu(),
-        stax.Dense(1),
-    )
+    init_fn, apply_fn, _ = _mlp_frozen_middle(16)
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
 
