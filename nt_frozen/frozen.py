@@ -44,6 +44,13 @@ def _check_layer(candidate: Any) -> Layer:
             f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn) from "
             f"neural_tangents.stax, got {type(candidate).__name__}: {candidate!r}."
         )
+    if candidate and all(_looks_like_layer(item) for item in candidate):
+        raise TypeError(
+            f"Frozen takes one layer, got a {type(candidate).__name__} of "
+            f"{len(candidate)} layer{'s' * (len(candidate) > 1)}. "
+            f"Freeze their composition: Frozen(stax.serial(...)) (or freeze each "
+            f"one, e.g. [Frozen(layer) for layer in layers])."
+        )
     if len(candidate) != 3:
         hint = (
             " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
@@ -62,6 +69,15 @@ def _check_layer(candidate: Any) -> Layer:
                 f"{type(fn).__name__}: {fn!r}."
             )
     return tuple(candidate)
+
+
+def _looks_like_layer(item: Any) -> bool:
+    """A layer triple, or an `(init_fn, apply_fn)` pair."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) in (2, 3)
+        and all(map(callable, item))
+    )
 
 
 def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
