@@ -16,9 +16,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from neural_tangents._src.empirical import DEFAULT_NTK_IMPLEMENTATION
 
-from nt_frozen import nt
+from nt_frozen._compat import DEFAULT_NTK_IMPLEMENTATION, nt
 from nt_frozen.params import merge, split
 
 PyTree = Any

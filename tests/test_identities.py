@@ -344,7 +344,7 @@ def test_masking(x64):
 
 def test_diagonal_requirements_propagate():
     """A frozen layer keeps the wrapped layer's input requirements."""
-    from neural_tangents._src.stax.requirements import get_req
+    from nt_frozen._compat import get_req
 
     for lyr in [
         stax.Conv(4, (2, 2)),
