@@ -22,8 +22,8 @@ Importing this module, once per process, does exactly this:
      ``jax.interpreters.ad`` and ``jax.core`` with the names NT's structured
      derivatives (``empirical_ntk_fn`` implementation 3) read at run time
      (``source_info_util``, ``reducing_transposes``, ``DShapedArray``, a
-     ``config`` that skips NT's own ``jax_enable_checks`` assertion) and, on
-     jax >= 0.7, a ``linearize`` with the pre-0.7 contract;
+     ``config`` that skips NT's own ``jax_enable_checks`` assertion) and,
+     where JAX has the ``FlatTree`` contract, a ``linearize`` with the old one;
    - ``neural_tangents._src.empirical._get_flops``: accepts the dict that
      ``Compiled.cost_analysis()`` returns now (``implementation=0``, AUTO);
    - ``neural_tangents._src.predict.gradient_descent_mse`` (also
@@ -121,12 +121,13 @@ def _restore_jax_core() -> None:
     import jax.extend.core as ext_core
     from jax._src import core as src_core
 
-    # jax 0.4.3x-0.6: `Jaxpr`, `JaxprEqn`, `Literal`, `Var`, `Primitive` left
-    # the public `jax.core` for `jax.extend.core` (NT imports them).
+    # By jax 0.6.2 (0.4.31 still has them) `Jaxpr`, `JaxprEqn`, `Literal`,
+    # `Var`, `Primitive` left the public `jax.core` for `jax.extend.core`; NT
+    # imports them from `jax.core`.
     for name in ("Jaxpr", "JaxprEqn", "Literal", "Var", "Primitive"):
         _set_missing(core, name, getattr(ext_core, name))
-    # jax 0.7 (0.6.2 has it): `Primitive.map_primitive` (pmap-style
-    # primitives) was removed; no ordinary primitive is a map primitive.
+    # After jax 0.6.2 `Primitive.map_primitive` (pmap-style primitives) was
+    # removed; no ordinary primitive is a map primitive.
     _set_missing(src_core.Primitive, "map_primitive", False)
 
 
@@ -197,14 +198,14 @@ def _flat_tree_flatten():
         from jax._src.flattree import flatten
 
         return flatten
-    except ImportError:  # jax 0.7-0.11
+    except ImportError:  # jax 0.10
         from jax._src.tree_util import FlatTree
 
         return FlatTree.flatten
 
 
 def _linearize_wrapped_fun(fun, *primals, has_aux: bool = False):
-    """The pre-0.7 `ad.linearize(WrappedFun, *primals)` contract on new JAX.
+    """The old `ad.linearize(WrappedFun, *primals)` contract on new JAX.
 
     Returns `(primals_out, pvals, jaxpr, consts)` where `pvals[i].is_known()`
     says that output `i` has a symbolically zero tangent.
@@ -213,7 +214,7 @@ def _linearize_wrapped_fun(fun, *primals, has_aux: bool = False):
 
     if has_aux:
         raise NotImplementedError("has_aux=True is not used by neural-tangents.")
-    # jax 0.7-0.11 return `(out, out_zeros, jaxpr, consts)`; jax 0.12 appends
+    # jax 0.10 returns `(out, out_zeros, jaxpr, consts)`; jax 0.12 appends
     # the structured residuals.
     out, out_zeros, jaxpr, consts = ad.linearize(
         fun.call_wrapped, _flat_tree_flatten()(tuple(primals))
@@ -232,8 +233,8 @@ def _flops(f, optimize: bool, *args, **kwargs) -> float:
     analysis = (
         lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
     )
-    # jax 0.4.3x: `Compiled.cost_analysis()` returns one dict instead of a
-    # list of them (NT indexes `[0]`: `KeyError: 0`).
+    # Newer JAX: `Compiled.cost_analysis()` returns one dict instead of a
+    # list of them (NT indexes `[0]`: `KeyError: 0`); accept both.
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
     return analysis["flops"]
@@ -252,24 +253,24 @@ def _adapt_structured_derivatives() -> None:
     empirical = importlib.import_module("neural_tangents._src.empirical")
     if not _is_marked(empirical.ad):
         names = dict(
-            # jax 0.5-0.7: these left the public `jax.interpreters.ad` for
-            # `jax._src` (0.6.2 lacks `source_info_util`, 0.10 both).
+            # These left the public `jax.interpreters.ad` for `jax._src`
+            # (0.4.31 and 0.6.2 lack `source_info_util`, 0.10 both).
             source_info_util=source_info_util,
             reducing_transposes=getattr(src_ad, "reducing_transposes", {}),
-            # NT's `jax_enable_checks` assertion calls `lattice_join` and
-            # `strip_named_shape`, both removed from JAX (named shapes went
-            # in 0.4.3x); it only re-checks NT's own transpose, so skip it
-            # rather than fail. JAX's own checks still run.
+            # NT's `jax_enable_checks` assertion calls `strip_named_shape`
+            # (gone by jax 0.4.31) and `lattice_join` (gone by 0.6.2); it only
+            # re-checks NT's own transpose, so skip it rather than fail.
+            # JAX's own checks still run.
             config=types.SimpleNamespace(jax_enable_checks=False),
         )
-        # jax 0.7: `ad.linearize(traceable, primals_ft: FlatTree)` replaced
-        # `ad.linearize(WrappedFun, *primals, has_aux)`.
+        # After jax 0.6.2 (0.10 has it) `ad.linearize(traceable, primals_ft:
+        # FlatTree)` replaced `ad.linearize(WrappedFun, *primals, has_aux)`.
         if "primals_ft" in inspect.signature(ad.linearize).parameters:
             _flat_tree_flatten()  # fail here, at import, if `FlatTree` moved
             names["linearize"] = _linearize_wrapped_fun
         empirical.ad = _module_view(ad, **names)
     if not _is_marked(empirical.core):
-        # jax 0.7: dynamic shapes (`DShapedArray`) were removed. NT only checks
+        # After jax 0.6.2 dynamic shapes (`DShapedArray`) were removed. NT checks
         # `type(aval) is core.DShapedArray`, which must be False.
         empirical.core = _module_view(
             jax.core,
@@ -289,8 +290,8 @@ def _adapt_predict(nt: types.ModuleType) -> None:
     """Let `nt.predict.gradient_descent_mse` take a traced kernel (under `jit`).
 
     NT builds its Cholesky factor / eigenbasis inside `jax.core.eval_context()`
-    so that its `lru_cache` holds concrete arrays. Since jax 0.4.36 (stackless
-    tracing) tracing follows a context, not the arguments, so an outer tracer
+    so that its `lru_cache` holds concrete arrays. Since JAX's "stackless"
+    tracing, tracing follows a context, not the arguments, so an outer tracer
     used inside that context leaks (`UnexpectedTracerError`). A traced kernel
     has nothing concrete to cache: for it, run NT's own code with a no-op
     `eval_context`. Concrete kernels keep NT's path unchanged.
