@@ -4,11 +4,7 @@ Import `nt` and `stax` from here (``from nt_frozen import nt, stax``): this
 makes neural-tangents 0.6.5 work on current JAX without TensorFlow.
 """
 
-from nt_frozen._compat import load_neural_tangents
-
-nt = load_neural_tangents()
-stax = nt.stax
-
+from nt_frozen._compat import nt, stax
 from nt_frozen.checks import check_params  # noqa: E402
 from nt_frozen.decomposition import (  # noqa: E402
     empirical_ntk_decomposition,

@@ -46,11 +46,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from neural_tangents import Kernel
-from neural_tangents._src.empirical import _dot_general, _ntk_shape
-from neural_tangents._src.stax.requirements import get_req, layer, requires
-from neural_tangents._src.utils import utils as nt_utils
 
-from nt_frozen import stax
+from nt_frozen._compat import (
+    _dot_general,
+    _ntk_shape,
+    get_req,
+    layer,
+    nt_utils,
+    requires,
+    stax,
+)
 from nt_frozen.checks import (
     KERNEL_FIELDS,
     check_apply,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nt_frozen import nt
+from nt_frozen._compat import nt
 from nt_frozen.checks import check_targets
 from nt_frozen.params import merge, split
 

@@ -18,10 +18,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from neural_tangents._src.empirical import DEFAULT_NTK_IMPLEMENTATION
-from neural_tangents._src.utils import utils as nt_utils
 
-from nt_frozen import nt
+from nt_frozen._compat import DEFAULT_NTK_IMPLEMENTATION, nt, nt_utils
 from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
 from nt_frozen.params import merge, split
 

@@ -19,8 +19,8 @@ from typing import Any
 import jax
 from jax import lax
 from neural_tangents import Kernel
-from neural_tangents._src.stax.requirements import get_req, layer, requires
 
+from nt_frozen._compat import get_req, layer, requires
 from nt_frozen.params import freeze_params, frozen_values
 
 Layer = tuple[Callable, Callable, Callable]

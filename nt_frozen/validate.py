@@ -33,9 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from neural_tangents._src.stax.requirements import get_req, layer, requires
 
-from nt_frozen import stax
+from nt_frozen._compat import get_req, layer, requires, stax
 from nt_frozen.convergence import MAX_SCORE, agreement, relative_frobenius_error
 from nt_frozen.empirical import empirical_ntk_fn
 from nt_frozen.frozen import Frozen, Layer

@@ -185,6 +185,7 @@ def test_schedule_refuses_what_it_cannot_do(ts, ntk, match):
         gd_schedule(ts, ntk, y_size=2)
 
 
+@pytest.mark.compat_matrix
 def test_time_convention_is_nt_s_for_an_exactly_linear_model():
     """Only the readout trains, so each network is exactly linear in its
     trainable parameters with its empirical NTK: its trajectory must be NT's
@@ -265,6 +266,7 @@ def test_training_compiles_once_for_new_times_and_keys():
 # --- Ensembles vs nt.predict --------------------------------------------------
 
 
+@pytest.mark.compat_matrix
 @pytest.mark.parametrize("case", CASES)
 def test_ensemble_matches_nt_predict_with_frozen_kernel(case):
     ensemble, prediction = _run(case, WIDTH)
@@ -318,6 +320,7 @@ def _readout_only_from_zero_targets():
     )
 
 
+@pytest.mark.compat_matrix
 def test_readout_only_converges_to_nngp_posterior():
     """At t = inf, training only the readout is NNGP regression: compare with
     the posterior mean K_tx K_xx^-1 y and covariance K_tt - K_tx K_xx^-1 K_xt in

@@ -292,6 +292,7 @@ def test_get_subsets_and_jit(same):
     np.testing.assert_allclose(both.cov1, k.cov1, rtol=1e-4)
 
 
+@pytest.mark.compat_matrix
 def test_nt_batch_matches_unbatched():
     x1, x2 = inputs((4, 4, 2), n1=6, n2=4)
     layers = cnn_layers()
@@ -304,6 +305,7 @@ def test_nt_batch_matches_unbatched():
     np.testing.assert_allclose(batched.nngp, full.nngp, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.compat_matrix
 def test_nt_batch_on_several_devices():
     script = textwrap.dedent(
         """
@@ -370,7 +372,7 @@ def test_masking(x64):
 
 def test_diagonal_requirements_propagate():
     """A frozen layer keeps the wrapped layer's input requirements."""
-    from neural_tangents._src.stax.requirements import get_req
+    from nt_frozen._compat import get_req
 
     for lyr in [
         stax.Conv(4, (2, 2)),
