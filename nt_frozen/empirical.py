@@ -19,9 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nt_frozen._compat import DEFAULT_NTK_IMPLEMENTATION, nt, nt_utils
+from nt_frozen._compat import nt, nt_utils
 from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
 from nt_frozen.params import merge, split
+from nt_frozen.structured import block_ntks
 
 PyTree = Any
 
@@ -66,13 +67,17 @@ def empirical_ntk_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.empirical_ntk_fn` that differentiates only the trainable parameters.
 
     Same arguments as `nt.empirical_ntk_fn`; returns
-    `ntk_fn(x1, x2, params, **apply_fn_kwargs)`.
+    `ntk_fn(x1, x2, params, **apply_fn_kwargs)`. With `implementation=None`
+    (default) the fastest exact path is chosen per call: structured
+    contractions for `Dense`/`Conv`-like leaves, NT for the rest
+    (:mod:`nt_frozen.structured` states the rules; `vmap_axes`, if given, is
+    used for the NT part). An explicit `implementation` calls NT as asked.
 
     Example:
       >>> import jax
@@ -97,6 +102,20 @@ def empirical_ntk_fn(
         return unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs)
 
     def unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs):
+        if implementation is None:
+            every_leaf = range(len(jax.tree_util.tree_leaves(params)))
+            return block_ntks(
+                apply_fn,
+                x1,
+                x2,
+                params,
+                [every_leaf],
+                trace_axes,
+                diagonal_axes,
+                vmap_axes,
+                nt_options,
+                **apply_fn_kwargs,
+            )[0]
         trainable, frozen = split(params)
         if not _has_leaves(trainable):  # everything frozen: the NTK is exactly 0
             shape = jax.eval_shape(
@@ -117,7 +136,7 @@ def empirical_kernel_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.empirical_kernel_fn` whose NTK differentiates only trainable parameters.
@@ -154,7 +173,7 @@ def monte_carlo_kernel_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.monte_carlo_kernel_fn` built on :func:`empirical_kernel_fn`.

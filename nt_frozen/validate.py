@@ -486,7 +486,7 @@ def _undefined_reason(widths, draws, analytic) -> str | None:
 
 
 def empirical_draws_fn(
-    arch: Architecture, width: int, samples: int, implementation: int = 2
+    arch: Architecture, width: int, samples: int, implementation: int | None = None
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Jitted `(key, x) -> (samples, *ntk.shape)`: one compile per width.
 
@@ -516,7 +516,7 @@ def sweep_architecture(
     widths: Sequence[int],
     samples: int,
     key: jax.Array,
-    implementation: int = 2,
+    implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> ArchitectureResult:
     """Run the sweep for one architecture; see the module docstring."""
@@ -560,7 +560,7 @@ def run_validation(
     widths: Sequence[int],
     samples: int = 8,
     seed: int = 0,
-    implementation: int = 2,
+    implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> list[ArchitectureResult]:
     """Sweep every architecture over `widths` with `samples` draws per width.
