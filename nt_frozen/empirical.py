@@ -20,6 +20,7 @@ from neural_tangents._src.empirical import DEFAULT_NTK_IMPLEMENTATION
 
 from nt_frozen import nt
 from nt_frozen.params import merge, split
+from nt_frozen.rates import weight_jacobians
 
 PyTree = Any
 
@@ -37,7 +38,9 @@ def _on_trainable(apply_fn: Callable, frozen: PyTree) -> Callable:
     """`apply_fn` as a function of the trainable half; frozen values are constants."""
 
     def apply_trainable(trainable, x, **kwargs):
-        return apply_fn(merge(trainable, frozen), x, **kwargs)
+        # Rated leaves (`LearningRate`): same values, Jacobians scaled by
+        # sqrt(rate), so NT's J J^T is the rated sum_b rate_b J_b J_b^T.
+        return apply_fn(merge(weight_jacobians(trainable), frozen), x, **kwargs)
 
     return apply_trainable
 
