@@ -59,6 +59,7 @@ from nt_frozen.dynamics import (
     stiffest_mode_time,
     train_ensemble,
 )
+from nt_frozen.validate import ARCHITECTURES, run_validation
 
 
 def _own_term(kernel_fn, k, **kwargs):
@@ -574,3 +575,18 @@ def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
         )
         ratio = dynamics_agreement(ensemble, control).residual_rms / right.residual_rms
         assert ratio.max() > 2.0, (wrong, ratio)
+
+
+# --- The validation sweep -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["mlp-rates", pytest.param("residual-rates", marks=pytest.mark.slow)]
+)
+def test_validate_sweeps_rated_architectures_and_rejects_their_controls(name):
+    for result in run_validation([ARCHITECTURES[name]], widths=[128, 512], samples=6):
+        assert result.frozen.verdict == "PASS", (result.name, result.frozen.reasons)
+        assert set(result.controls) == {"unrated", "swapped_rates"}
+        for name, control in result.controls.items():
+            assert control.verdict == "FAIL", (result.name, name)
+        assert result.ok
