@@ -38,6 +38,17 @@ from nt_frozen.params import (  # noqa: E402
     trainable_mask,
     unfreeze,
 )
+from nt_frozen.rates import (  # noqa: E402
+    LearningRate,
+    RatedParams,
+    apply_learning_rates,
+    is_rated,
+    learning_rates,
+    rate_params,
+    rated_values,
+    scale_by_learning_rates,
+    weight_jacobians,
+)
 
 __version__ = "0.1.0"
 
@@ -71,4 +82,14 @@ __all__ = [
     "ntk_decomposition",
     "propagate_ntk_linearly",
     "stax",
+    # Per-layer learning rates (nt_frozen.rates).
+    "LearningRate",
+    "RatedParams",
+    "apply_learning_rates",
+    "is_rated",
+    "learning_rates",
+    "rate_params",
+    "rated_values",
+    "scale_by_learning_rates",
+    "weight_jacobians",
 ]

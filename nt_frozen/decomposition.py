@@ -65,6 +65,7 @@ from nt_frozen.checks import (
     input_shape_of,
 )
 from nt_frozen.params import merge, split
+from nt_frozen.rates import weight_jacobians
 from nt_frozen.structured import block_ntks
 
 Layer = tuple[Callable, Callable, Callable]
@@ -544,7 +545,9 @@ class EmpiricalNTKDecomposition:
             full = list(trainable)
             for i, entry in zip(wrt, sub):
                 full[i] = entry
-            return self.apply_fn(merge(type(params)(full), frozen), x, **kwargs)
+            # Rated leaves (`LearningRate`) weigh rate x J J^T, as analytically.
+            rated = weight_jacobians(type(params)(full))
+            return self.apply_fn(merge(rated, frozen), x, **kwargs)
 
         sub = tuple(trainable[i] for i in wrt)
         fx1 = jax.eval_shape(lambda s: f(s, x1, kwargs1), sub)

@@ -36,6 +36,7 @@ from jax import lax
 from nt_frozen._compat import nt
 from nt_frozen.checks import check_targets
 from nt_frozen.params import merge, split
+from nt_frozen.rates import apply_learning_rates
 
 ArrayLike = Any
 
@@ -238,7 +239,8 @@ def _train_members(
             n, eta = schedule
 
             def step(_, trainable):
-                g = grad(trainable)
+                # Per-leaf rates (`LearningRate`): a leaf at rate r moves r x eta.
+                g = apply_learning_rates(grad(trainable))
                 return jax.tree_util.tree_map(lambda p, d: p - eta * d, trainable, g)
 
             trainable = lax.fori_loop(0, n, step, trainable)
@@ -273,7 +275,8 @@ def train_ensemble(
     """Train `n_members` networks by full-batch gradient descent on MSE.
 
     Only trainable leaves move (frozen ones, see :func:`nt_frozen.split`, are
-    constants). Member `m` starts from `init_fn(jax.random.split(key,
+    constants); a leaf of a :func:`~nt_frozen.LearningRate` layer moves with
+    step `rate * eta`. Member `m` starts from `init_fn(jax.random.split(key,
     n_members)[m], x_train.shape)`. Times follow NT's convention (module
     docstring), the step sizes :func:`gd_schedule`. The training loop is one
     jitted computation (`lax.map` over members, `lax.scan` over the segments

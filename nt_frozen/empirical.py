@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from nt_frozen._compat import nt, nt_utils
 from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
 from nt_frozen.params import merge, split
+from nt_frozen.rates import weight_jacobians
 from nt_frozen.structured import block_ntks
 
 PyTree = Any
@@ -57,7 +58,9 @@ def _on_trainable(apply_fn: Callable, frozen: PyTree) -> Callable:
     """`apply_fn` as a function of the trainable half; frozen values are constants."""
 
     def apply_trainable(trainable, x, **kwargs):
-        return apply_fn(merge(trainable, frozen), x, **kwargs)
+        # Rated leaves (`LearningRate`): same values, Jacobians scaled by
+        # sqrt(rate), so NT's J J^T is the rated sum_b rate_b J_b J_b^T.
+        return apply_fn(merge(weight_jacobians(trainable), frozen), x, **kwargs)
 
     return apply_trainable
 

@@ -32,16 +32,17 @@ def _is_kernel(x: Any) -> bool:
     return isinstance(x, Kernel)
 
 
-def _check_layer(candidate: Any) -> Layer:
+def _check_layer(candidate: Any, where: str = "Frozen") -> Layer:
+    # `where`: the wrapper named in errors (also used by `LearningRate`).
     if callable(candidate) and not isinstance(candidate, (tuple, list)):
         name = getattr(candidate, "__name__", repr(candidate))
         raise TypeError(
-            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn), got "
-            f"the function {name!r}. Call it first, e.g. Frozen(stax.{name}(...))."
+            f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn), got "
+            f"the function {name!r}. Call it first, e.g. {where}(stax.{name}(...))."
         )
     if not isinstance(candidate, Sequence) or isinstance(candidate, str):
         raise TypeError(
-            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn) from "
+            f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn) from "
             f"neural_tangents.stax, got {type(candidate).__name__}: {candidate!r}."
         )
     if candidate and all(_looks_like_layer(item) for item in candidate):
@@ -59,13 +60,13 @@ def _check_layer(candidate: Any) -> Layer:
             else ""
         )
         raise ValueError(
-            f"Frozen expects a layer triple (init_fn, apply_fn, kernel_fn), got "
+            f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn), got "
             f"a sequence of {len(candidate)} items.{hint}"
         )
     for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
         if not callable(fn):
             raise TypeError(
-                f"Frozen: the layer's {role} must be callable, got "
+                f"{where}: the layer's {role} must be callable, got "
                 f"{type(fn).__name__}: {fn!r}."
             )
     return tuple(candidate)

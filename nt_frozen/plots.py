@@ -14,6 +14,9 @@ from nt_frozen.validate import ArchitectureResult, Comparison
 _CONTROL_STYLE = {
     "unfrozen": dict(color="tab:red", linestyle="--", marker="s"),
     "identity_guess": dict(color="tab:orange", linestyle=":", marker="^"),
+    # Controls of the architectures with per-layer rates.
+    "unrated": dict(color="tab:red", linestyle="--", marker="s"),
+    "swapped_rates": dict(color="tab:purple", linestyle=":", marker="v"),
 }
 
 
