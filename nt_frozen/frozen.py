@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from neural_tangents import Kernel
 
@@ -81,24 +82,41 @@ def _looks_like_layer(item: Any) -> bool:
     )
 
 
+def ntk_jvp(kernel_fn: Callable, k: Any, *, at_zero: bool = False, **kwargs):
+    """One `jax.jvp` of `ntks -> kernel_fn(k with ntks)` along `k`'s own NTKs.
+
+    The map is affine in the NTKs, so the tangent is the linear part
+    `L(ntk_in)` wherever it is taken. The primal point is `k`'s NTKs, or zero
+    with `at_zero` (then the primal NTK is the own-parameter term `P`).
+    Returns `(primal, tangent)`, each shaped like `kernel_fn(k)`, or `None`
+    when `k` carries no NTK (`get='nngp'`). `k` is a `Kernel` or a pytree of
+    them (layers with several inputs).
+    """
+    kernels, treedef = jax.tree_util.tree_flatten(k, is_leaf=_is_kernel)
+    ntks_in = [kernel.ntk for kernel in kernels]
+    if any(ntk is None for ntk in ntks_in):
+        return None
+
+    def kernel_of_ntks(ntks):
+        replaced = [kernel.replace(ntk=ntk) for kernel, ntk in zip(kernels, ntks)]
+        return kernel_fn(jax.tree_util.tree_unflatten(treedef, replaced), **kwargs)
+
+    point = [jnp.zeros_like(ntk) for ntk in ntks_in] if at_zero else ntks_in
+    return jax.jvp(kernel_of_ntks, (point,), (ntks_in,))
+
+
 def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
     """Apply `kernel_fn` to `k` keeping only the part of the NTK linear in `k.ntk`.
 
     `k` is a `Kernel` or a pytree of them (layers with several inputs). Every
     field of the result but `ntk` is exactly `kernel_fn(k)`'s.
     """
-    kernels, treedef = jax.tree_util.tree_flatten(k, is_leaf=_is_kernel)
-    ntks_in = [kernel.ntk for kernel in kernels]
-    if any(ntk is None for ntk in ntks_in):  # NTK not requested (get='nngp').
+    pair = ntk_jvp(kernel_fn, k, **kwargs)
+    if pair is None:  # NTK not requested (get='nngp').
         return kernel_fn(k, **kwargs)
-
-    def kernel_of_ntks(ntks):
-        replaced = [kernel.replace(ntk=ntk) for kernel, ntk in zip(kernels, ntks)]
-        return kernel_fn(jax.tree_util.tree_unflatten(treedef, replaced), **kwargs)
-
     # The map is affine in the NTKs, so its derivative along the NTKs themselves
     # is the linear part L(ntk_in), with the own-parameter term P dropped.
-    out, tangent = jax.jvp(kernel_of_ntks, (ntks_in,), (ntks_in,))
+    out, tangent = pair
     return jax.tree_util.tree_map(
         lambda o, t: o.replace(ntk=t.ntk), out, tangent, is_leaf=_is_kernel
     )

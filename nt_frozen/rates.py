@@ -26,12 +26,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from neural_tangents import Kernel
 from neural_tangents._src.stax.requirements import get_req, layer, requires
 
-from nt_frozen.frozen import Frozen, Layer, _check_layer
+from nt_frozen.frozen import Frozen, Layer, _check_layer, _is_kernel, ntk_jvp
 from nt_frozen.params import FrozenParams, is_frozen
 
 PyTree = Any
@@ -239,10 +237,6 @@ def _check_rate(rate: Any, where: str, allow_zero: bool = True) -> float:
     return rate
 
 
-def _is_kernel(x: Any) -> bool:
-    return isinstance(x, Kernel)
-
-
 def propagate_ntk_rated(kernel_fn: Callable, k: Any, rate: float, **kwargs) -> Any:
     """Apply `kernel_fn` to `k` with its own parameter term scaled by `rate`.
 
@@ -250,20 +244,13 @@ def propagate_ntk_rated(kernel_fn: Callable, k: Any, rate: float, **kwargs) -> A
     field of the result but `ntk` is exactly `kernel_fn(k)`'s; the NTK is
     `L(ntk_in) + rate * P(nngp_in)`.
     """
-    kernels, treedef = jax.tree_util.tree_flatten(k, is_leaf=_is_kernel)
-    ntks_in = [kernel.ntk for kernel in kernels]
-    if any(ntk is None for ntk in ntks_in):  # NTK not requested (get='nngp').
+    pair = ntk_jvp(kernel_fn, k, at_zero=True, **kwargs)
+    if pair is None:  # NTK not requested (get='nngp').
         return kernel_fn(k, **kwargs)
-
-    def kernel_of_ntks(ntks):
-        replaced = [kernel.replace(ntk=ntk) for kernel, ntk in zip(kernels, ntks)]
-        return kernel_fn(jax.tree_util.tree_unflatten(treedef, replaced), **kwargs)
-
     # Affine in the NTKs: at ntk = 0 the primal is the own term P (L(0) = 0
     # exactly), and the tangent along ntk_in is L(ntk_in), computed apart from
     # P. Neither is a difference of large numbers.
-    zeros = [jnp.zeros_like(ntk) for ntk in ntks_in]
-    own, linear = jax.jvp(kernel_of_ntks, (zeros,), (ntks_in,))
+    own, linear = pair
     return jax.tree_util.tree_map(
         lambda o, t: o.replace(ntk=t.ntk + rate * o.ntk),
         own,

@@ -26,7 +26,7 @@ import importlib
 import importlib.util
 import inspect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from nt_frozen._compat import get_req, layer, requires, stax
 from nt_frozen.convergence import MAX_SCORE, agreement, relative_frobenius_error
 from nt_frozen.empirical import empirical_ntk_fn
 from nt_frozen.frozen import Frozen, Layer
+from nt_frozen.rates import LearningRate
 
 # A slope further than this many bootstrap standard errors from -1/2 fails.
 SLOPE_SIGMAS = 3.0
@@ -105,6 +106,9 @@ class Architecture:
       input_shape: shape of the inputs `x` (batch first).
       width_divisor: the layer width is `width // width_divisor` (CNN channels
         are cheaper to keep lower than MLP widths).
+      controls: wrong networks, `{name: build(width)}`, scored in place of
+        :data:`CONTROLS` (which act through `freeze`): e.g. for per-layer
+        rates, the unrated network and the rates swapped.
     """
 
     name: str
@@ -112,17 +116,31 @@ class Architecture:
     build: Builder
     input_shape: tuple[int, ...]
     width_divisor: int = 1
+    controls: Mapping[str, Builder] | None = None
 
     @property
     def has_controls(self) -> bool:
-        return "freeze" in inspect.signature(self.build).parameters
+        return (
+            self.controls is not None
+            or "freeze" in inspect.signature(self.build).parameters
+        )
+
+    @property
+    def control_names(self) -> tuple[str, ...]:
+        return tuple(CONTROLS if self.controls is None else self.controls)
+
+    def control_network(self, name: str, width: int) -> Layer:
+        if self.controls is None:
+            return self.network(width, CONTROLS[name])
+        return _as_triple(self.controls[name](self.layer_width(width)), self.name)
 
     def layer_width(self, width: int) -> int:
         return max(1, width // self.width_divisor)
 
     def network(self, width: int, freeze: Callable[[Layer], Layer] = Frozen) -> Layer:
         n = self.layer_width(width)
-        built = self.build(n, freeze=freeze) if self.has_controls else self.build(n)
+        takes_freeze = "freeze" in inspect.signature(self.build).parameters
+        built = self.build(n, freeze=freeze) if takes_freeze else self.build(n)
         return _as_triple(built, self.name)
 
 
@@ -197,6 +215,50 @@ def _residual(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
     ]
 
 
+def _rated_mlp(rates: Sequence[float]) -> Builder:
+    """The `_mlp` network with `LearningRate(Dense_i, rates[i])`."""
+
+    def build(n: int) -> list[Layer]:
+        rate = iter(rates)  # `_mlp` wraps its Dense layers in order
+        every = set(range(len(_MLP_WEIGHTS)))
+        return _mlp(_MLP_WEIGHTS, every)(
+            n, freeze=lambda d: LearningRate(d, next(rate))
+        )
+
+    return build
+
+
+def _rated_residual(rates: Sequence[float]) -> Builder:
+    """`_residual` with rates (first Dense, residual branch, readout)."""
+
+    def build(n: int) -> list[Layer]:
+        first, block, relu, readout = _residual(
+            n, freeze=lambda branch: LearningRate(branch, rates[1])
+        )
+        return [
+            LearningRate(first, rates[0]),
+            block,
+            relu,
+            LearningRate(readout, rates[2]),
+        ]
+
+    return build
+
+
+def _rated(name, description, build, rates, input_shape) -> Architecture:
+    """An architecture with per-layer `rates`; controls: unrated, rates swapped."""
+    return Architecture(
+        name,
+        description,
+        build(rates),
+        input_shape,
+        controls={
+            "unrated": build((1.0,) * len(rates)),
+            "swapped_rates": build(tuple(rates)[::-1]),
+        },
+    )
+
+
 _MLP_INPUTS = (8, 16)
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -243,6 +305,20 @@ ARCHITECTURES: dict[str, Architecture] = {
             "residual-frozen-branch",
             "Dense then residual block whose Relu-Dense branch is frozen",
             _residual,
+            _MLP_INPUTS,
+        ),
+        _rated(
+            "mlp-rates",
+            "MLP 16-n-n-1, NTK param., first Dense x0.1, readout x10 (LearningRate)",
+            _rated_mlp,
+            (0.1, 1.0, 10.0),
+            _MLP_INPUTS,
+        ),
+        _rated(
+            "residual-rates",
+            "Dense x10, then a residual block whose branch trains x0.1, frozen readout",
+            _rated_residual,
+            (10.0, 0.1, 0.0),
             _MLP_INPUTS,
         ),
     )
@@ -525,22 +601,23 @@ def sweep_architecture(
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     x = jax.random.normal(x_key, arch.input_shape, dtype)
     layer_widths = [arch.layer_width(w) for w in widths]
-    draws, analytic = [], {"frozen": []} | {c: [] for c in CONTROLS}
+    draws, analytic = [], {"frozen": []} | {c: [] for c in arch.control_names}
     for width in widths:
         draws_fn = empirical_draws_fn(arch, width, samples, implementation)
         # One host transfer per width, after all draws.
         draws.append(np.asarray(draws_fn(jax.random.fold_in(draw_key, width), x)))
         analytic["frozen"].append(analytic_ntk(arch, width, x))
         if arch.has_controls:
-            for name, control in CONTROLS.items():
-                analytic[name].append(analytic_ntk(arch, width, x, control))
+            for name in arch.control_names:
+                control = arch.control_network(name, width)
+                analytic[name].append(np.asarray(control[2](x, None, "ntk")))
         if progress is not None:  # called once per finished (architecture, width)
             progress(arch.name, arch.layer_width(width))
 
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     frozen = compare(layer_widths, draws, analytic["frozen"], seed)
     controls: dict[str, Comparison | str] = {}
-    for name in CONTROLS:
+    for name in arch.control_names:
         if not arch.has_controls:
             controls[name] = "the builder takes no `freeze` argument"
         elif all(

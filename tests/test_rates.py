@@ -32,7 +32,7 @@ from conftest import (
     linear_part_by_subtraction,
     rel_err,
 )
-from test_dynamics import STEP_FRACTION, TIMES, X_TEST, X_TRAIN, Y_TRAIN, K
+from test_dynamics import STEP_FRACTION, X_TEST, X_TRAIN, Y_TRAIN, K, _times
 from test_layers import CASES, _inputs
 
 from nt_frozen import (
@@ -489,18 +489,8 @@ def test_gradient_descent_is_rated_for_a_linear_model():
     k_dd, k_td = ntk[:n_train, :n_train], ntk[n_train:, :n_train]
     unit = stiffest_mode_time(k_dd, Y_TRAIN.size)
     ts = [0.5 * unit, 3.0 * unit]
-    ens = train_ensemble(
-        init_fn,
-        apply_fn,
-        X_TRAIN,
-        Y_TRAIN,
-        X_TEST,
-        ts,
-        key,
-        2,
-        k_dd,
-        step_fraction=step_fraction,
-    )
+    data = (X_TRAIN, Y_TRAIN, X_TEST)
+    ens = train_ensemble(init_fn, apply_fn, *data, ts, key, 2, k_dd, step_fraction=0.01)
     member, f0_train, f0_test = ens.test[0], ens.train_0[0], ens.test_0[0]
 
     def nt_at(k_dd, k_td, t):
@@ -535,21 +525,13 @@ def _dyn_mlp(width, rates):
 
 @functools.cache
 def _rated_run():
-    init_fn, apply_fn, kernel_fn = _dyn_mlp(DYN_WIDTH, DYN_RATES)
-    unit = stiffest_mode_time(kernel_fn(X_TRAIN, None, "ntk"), Y_TRAIN.size)
-    ensemble, prediction, agreement_ = compare_dynamics(
-        init_fn,
-        apply_fn,
-        kernel_fn,
-        X_TRAIN,
-        Y_TRAIN,
-        X_TEST,
-        [t * unit for t in TIMES],
-        jax.random.PRNGKey(1),
-        DYN_MEMBERS,
-        step_fraction=STEP_FRACTION,
+    """Train the rated ensemble once; `test_dynamics`' data, times and steps."""
+    net, data = _dyn_mlp(DYN_WIDTH, DYN_RATES), (X_TRAIN, Y_TRAIN, X_TEST)
+    key, step_fraction = jax.random.PRNGKey(1), STEP_FRACTION
+    ts = _times(net[2])
+    return compare_dynamics(
+        *net, *data, ts, key, DYN_MEMBERS, step_fraction=step_fraction
     )
-    return ensemble, prediction, agreement_
 
 
 def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
