@@ -610,7 +610,7 @@ def ntk_plan(
       >>> _, params = init_fn(jax.random.PRNGKey(1), x.shape)
       >>> plan = ntk_plan(apply_fn, x, None, params)
       >>> plan.path, [leaf.method for leaf in plan.leaves]
-      ('structured', ['gram', 'jacobian', 'gram', 'jacobian'])
+      ('structured', ['gram', 'gram'])
     """
     return _analyse(
         apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs

@@ -299,7 +299,7 @@ def test_dense_over_positions_in_gram_form(x64):
     init_fn, apply_fn, _ = stax.serial(
         stax.Dense(64, b_std=0.1), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(2)
     )
-    x1, x2, params = draw(init_fn, (3, 4, 5))
+    x1, x2, params = draw(init_fn, (3, 4, 16))
     plan = ntk_plan(apply_fn, x1, x2, params, trace_axes=())
     assert methods(plan)[0] == "gram"
     assert_equal_to_nt(apply_fn, x1, x2, params, trace_axes=())
