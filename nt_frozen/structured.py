@@ -64,6 +64,7 @@ from neural_tangents._src.utils import utils as nt_utils
 
 from nt_frozen import nt
 from nt_frozen.params import trainable_mask
+from nt_frozen.rates import learning_rates
 
 PyTree = Any
 
@@ -677,8 +678,11 @@ def _gram_ntk(d1, d2, a1, a2, scale, trace, diagonal, fx_ndim):
     return scale**2 * jnp.einsum(spec, d1, d2, a1, a2, optimize="optimal")
 
 
-def _structured_blocks(analysis: _Analysis, x1, x2, blocks, trace_axes, diagonal_axes):
-    """Per block (a set of leaf indices), the NTK of its matched leaves."""
+def _structured_blocks(
+    analysis: _Analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
+):
+    """Per block (a set of leaf indices), the NTK of its matched leaves, each
+    weighted by its learning rate (Θ = Σ rate · J Jᵀ)."""
     prog, targets = analysis.prog, analysis.targets
     leaves = analysis.leaves
     x = x1 if x2 is None else jnp.concatenate([x1, x2.astype(x1.dtype)])
@@ -742,7 +746,8 @@ def _structured_blocks(analysis: _Analysis, x1, x2, blocks, trace_axes, diagonal
             j1, j2 = split_examples(jac, 0)
             param_axes = list(range(fx_ndim, jac.ndim))
             ntk = _dot_general(j1, j2, trace + param_axes, diagonal)
-        contributions[t.leaf] = ntk / size
+        rate = rates[t.leaf]
+        contributions[t.leaf] = ntk / size if rate == 1.0 else (rate / size) * ntk
     parts = [
         [contributions[i] for i in block if i in contributions] for block in blocks
     ]
@@ -773,15 +778,28 @@ def _per_example_jacobian(prog, t: _Target, eqn: _Eqn, a, d, p, recorded):
 
 
 def _nt_block_ntk(
-    analysis, apply_fn, x1, x2, block, trace_axes, diagonal_axes, nt_options, kwargs
+    analysis,
+    apply_fn,
+    x1,
+    x2,
+    block,
+    rates,
+    trace_axes,
+    diagonal_axes,
+    nt_options,
+    kwargs,
 ):
-    """NT's NTK of the leaves in `block` (others, frozen included, constant)."""
+    """NT's NTK of the leaves in `block` (others, frozen included, constant),
+    each leaf's Jacobian scaled by the square root of its learning rate."""
     leaves, treedef = analysis.leaves, analysis.treedef
     plan = analysis.plan
 
     def apply_block(sub, x, **kw):
         full = list(leaves)
         for i, value in zip(block, sub):
+            if rates[i] != 1.0:  # same value, derivative scaled by sqrt(rate)
+                fixed = jax.lax.stop_gradient(value)
+                value = fixed + math.sqrt(rates[i]) * (value - fixed)
             full[i] = value
         return apply_fn(jax.tree_util.tree_unflatten(treedef, full), x, **kw)
 
@@ -816,6 +834,7 @@ def block_ntks(
     unmatched leaves go to NT block by block.
     """
     mask = jax.tree_util.tree_leaves(trainable_mask(params))
+    rates = jax.tree_util.tree_leaves(learning_rates(params))
     blocks = [[i for i in block if mask[i]] for block in blocks]
     analysis = _analyse(
         apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
@@ -826,7 +845,7 @@ def block_ntks(
     structured = [None] * len(blocks)
     if analysis.targets:
         structured = _structured_blocks(
-            analysis, x1, x2, blocks, trace_axes, diagonal_axes
+            analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
         )
     results = []
     for block, ntk in zip(blocks, structured):
@@ -838,6 +857,7 @@ def block_ntks(
                 x1,
                 x2,
                 rest,
+                rates,
                 trace_axes,
                 diagonal_axes,
                 nt_options or {},
