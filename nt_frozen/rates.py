@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from neural_tangents._src.stax.requirements import get_req, layer, requires
 
+from nt_frozen._compat import get_req, layer, requires
 from nt_frozen.frozen import Frozen, Layer, _check_layer, _is_kernel, ntk_jvp
 from nt_frozen.params import FrozenParams, is_frozen
 

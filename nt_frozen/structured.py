@@ -59,10 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
-from neural_tangents._src.empirical import _dot_general
-from neural_tangents._src.utils import utils as nt_utils
 
-from nt_frozen import nt
+from nt_frozen._compat import _dot_general, nt, nt_utils
 from nt_frozen.params import trainable_mask
 from nt_frozen.rates import learning_rates
 
