@@ -1,123 +1,215 @@
-"""nt_frozen.empirical_ntk_fn (trainable leaves only) vs nt.empirical_ntk_fn on
-the same frozen network, implementations 1 and 2, plus the floor: the
-trainable-only Jacobian contraction written by hand.
+"""Empirical NTK cost: NT's calls against nt_frozen's default and a hand floor.
 
-Time: median of repeated runs of the jit-compiled function (one process).
-Memory: XLA's compiled memory analysis (arguments + outputs + temporaries).
-A configuration whose predicted memory exceeds --max-gib is reported as OOM
-and not run.
+Rows: MLP d -> n -> n -> 1 (NTK parameterization, no biases) with the middle
+Dense frozen, N inputs; and a CNN (Conv, Relu, frozen Conv+AvgPool block,
+Relu, Flatten, Dense) on N 8x8x3 images. Trace over outputs, float32, each
+function jit-compiled, median of `--repeats` timed calls in one process.
 
-    uv run python benchmarks/empirical_ntk_cost.py [--widths 512 2048 8192]
+Columns:
+- NT default: `nt.empirical_ntk_fn(apply_fn)` (implementation 1, no vmap);
+- NT best: the fastest of implementations 1, 2, 3 with `vmap_axes` None or 0
+  (NT differentiates every leaf; frozen ones have zero Jacobians);
+- ours: `nt_frozen.empirical_ntk_fn(apply_fn)` with its defaults;
+- floor: the structured computation written by hand for this network (one
+  forward pass recording layer inputs, one backward pass for the cotangents
+  of the trainable layers' outputs, then Gram / per-example contractions);
+- memory: XLA's compiled memory analysis (arguments + outputs + temporaries).
+Every column's kernel is checked against ours (max relative difference).
+
+    uv run python benchmarks/empirical_ntk_cost.py [--repeats 5] [--cnn-channels 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import nt_frozen
-from nt_frozen import Frozen, merge, nt, split, stax
+from nt_frozen import Frozen, nt, stax
+from nt_frozen.structured import ntk_plan
+
+MLP_ROWS = ((64, 64, 2048), (8, 16, 2048), (8, 16, 8192))
 
 
 def mlp(width):
-    net = stax.serial(
+    return stax.serial(
         stax.Dense(width),
         stax.Relu(),
         Frozen(stax.Dense(width)),
         stax.Relu(),
         stax.Dense(1),
     )
-    return net, (64, 64)
+
+
+def mlp_floor(params, x):
+    """Θ = (x xᵀ / d) ⊙ (δ1 δ1ᵀ) + h2 h2ᵀ / n (readout), δ1 from one vjp."""
+    w1, w2, w3 = jax.tree_util.tree_leaves(params)
+    d, n = w1.shape
+
+    def f(e1):
+        h1 = jax.nn.relu((x @ w1) / np.sqrt(d) + e1)
+        h2 = jax.nn.relu((h1 @ w2) / np.sqrt(n))
+        return (h2 @ w3)[:, 0] / np.sqrt(n), h2
+
+    out, pullback, h2 = jax.vjp(f, jnp.zeros((x.shape[0], n), x.dtype), has_aux=True)
+    (delta1,) = pullback(jnp.ones_like(out))  # examples are independent
+    return (x @ x.T / d) * (delta1 @ delta1.T) + (h2 @ h2.T) / n
 
 
 def cnn(channels):
-    net = stax.serial(
-        stax.Conv(channels, (3, 3), padding="SAME"),
+    block = stax.serial(
+        stax.Conv(channels, (3, 3), padding="SAME", W_std=2.0, b_std=0.1),
+        stax.AvgPool((2, 2)),
+    )
+    return stax.serial(
+        stax.Conv(channels, (3, 3), padding="SAME", W_std=1.3, b_std=1.0),
         stax.Relu(),
-        Frozen(stax.Conv(channels, (3, 3), padding="SAME")),
+        Frozen(block),
         stax.Relu(),
         stax.Flatten(),
-        stax.Dense(1),
+        stax.Dense(1, W_std=1.2),
     )
-    return net, (16, 8, 8, 3)
 
 
-def hand_floor(apply_fn):
-    """J_t(x1) J_t(x2)^T over the trainable leaves only, by jacrev + einsum."""
+def cnn_floor(params, x):
+    """Per-example Jacobians of the first conv (patches ⊗ δ), its bias (Σ δ),
+    and the readout's Gram form."""
+    w1, b1, w2, b2, w3 = jax.tree_util.tree_leaves(params)
+    dn = ("NHWC", "HWIO", "NHWC")
 
-    def ntk(x1, x2, params):
-        trainable, frozen = split(params)
+    def conv(h, w):
+        return jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=dn)
 
-        def f(t, x):
-            return apply_fn(merge(t, frozen), x)[:, 0]
+    s1 = 1.3 / np.sqrt(w1.shape[0] * w1.shape[1] * w1.shape[2])
+    s2 = 2.0 / np.sqrt(w2.shape[0] * w2.shape[1] * w2.shape[2])
 
-        j1 = jax.jacrev(f)(trainable, x1)
-        j2 = jax.jacrev(f)(trainable, x2)
-        leaves = zip(jax.tree_util.tree_leaves(j1), jax.tree_util.tree_leaves(j2))
-        return sum(
-            a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1).T for a, b in leaves
+    def f(e1):
+        u1 = s1 * conv(x, w1) + 1.0 * b1 + e1
+        z2 = s2 * conv(jax.nn.relu(u1), w2) + 0.1 * b2
+        pooled = jax.lax.reduce_window(
+            z2, 0.0, jax.lax.add, (1, 2, 2, 1), (1,) * 4, "VALID"
         )
+        flat = jax.nn.relu(pooled / 4).reshape(x.shape[0], -1)
+        return (flat @ w3)[:, 0] * 1.2 / np.sqrt(flat.shape[1]), flat
 
-    return ntk
+    e1 = jnp.zeros((*x.shape[:3], w1.shape[-1]), x.dtype)
+    out, pullback, flat = jax.vjp(f, e1, has_aux=True)
+    (delta,) = pullback(jnp.ones_like(out))  # (N, H, W, C) = ∂f/∂u1
+    patches = jax.lax.conv_general_dilated_patches(
+        x, w1.shape[:2], (1, 1), "SAME", dimension_numbers=dn
+    )
+    j_w1 = s1 * jnp.einsum("nhwp,nhwc->npc", patches, delta).reshape(x.shape[0], -1)
+    j_b1 = delta.sum((1, 2))
+    readout = (flat @ flat.T) * 1.2**2 / flat.shape[1]
+    return j_w1 @ j_w1.T + j_b1 @ j_b1.T + readout
 
 
 def measure(fn, args, repeats, max_bytes):
+    """(median seconds or None if over the memory limit, bytes, value)."""
     compiled = jax.jit(fn).lower(*args).compile()
     mem = compiled.memory_analysis()
     peak = (
-        mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        + mem.temp_size_in_bytes
+        - mem.alias_size_in_bytes
     )
     if peak > max_bytes:
-        return None, peak
-    jax.block_until_ready(compiled(*args))
+        return None, peak, None
+    value = jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times), peak
+    return statistics.median(times), peak, value
+
+
+def rel_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def row(name, net, floor, shape, repeats, max_bytes):
+    init_fn, apply_fn, _ = net
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    _, params = init_fn(jax.random.PRNGKey(1), shape)
+    args = (x, None, params)
+    t_ours, m_ours, ours = measure(
+        nt_frozen.empirical_ntk_fn(apply_fn), args, repeats, max_bytes
+    )
+    t_floor, m_floor, v_floor = measure(floor, (params, x), repeats, max_bytes)
+    nt_runs = {}
+    for impl in (1, 2, 3):
+        for vmap_axes in (None, 0):
+            fn = nt.empirical_ntk_fn(apply_fn, implementation=impl, vmap_axes=vmap_axes)
+            t, m, v = measure(fn, args, repeats, max_bytes)
+            nt_runs[impl, vmap_axes] = (t, m, v)
+    finished = {k: r for k, r in nt_runs.items() if r[0] is not None}
+    best = min(finished, key=lambda k: finished[k][0])
+    t_def, m_def, v_def = nt_runs[1, None]
+    t_best, m_best, v_best = nt_runs[best]
+    diff = max(rel_diff(v, ours) for v in [v_floor] + [r[2] for r in finished.values()])
+    plan = ntk_plan(apply_fn, x, None, params)
+
+    def ms(t):
+        return "OOM" if t is None else f"{1e3 * t:.1f}"
+
+    def mib(m):
+        return f"{m / 2**20:.0f}"
+
+    print(
+        f"| {name} | {ms(t_def)} | {ms(t_best)} (impl {best[0]}, vmap {best[1]}) "
+        f"| {ms(t_ours)} | {ms(t_floor)} | {t_best / t_ours:.2f}x "
+        f"| {t_ours / t_floor:.2f}x "
+        f"| {'-' if t_def is None else f'{t_def / t_ours:.0f}x'} "
+        f"| {mib(m_def)} / {mib(m_best)} / {mib(m_ours)} / {mib(m_floor)} "
+        f"| {diff:.1e} | {plan.path} |",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[512, 2048, 8192])
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cnn-channels", type=int, default=64)
+    parser.add_argument("--cnn-inputs", type=int, default=256)
     parser.add_argument("--max-gib", type=float, default=16.0)
     args = parser.parse_args()
     max_bytes = args.max_gib * 2**30
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    header = f"{'network':<16}{'frozen %':>9}{'impl':>5}{'NT [s]':>10}{'ours [s]':>10}"
-    header += f"{'floor [s]':>10}{'speedup':>9}{'NT GiB':>8}{'ours GiB':>9}"
-    print(header)
-    cases = [(f"mlp n={w}", *mlp(w)) for w in args.widths]
-    cases += [(f"cnn c={c}", *cnn(c)) for c in args.channels]
-    for name, (init_fn, apply_fn, _), shape in cases:
-        x = jax.random.normal(jax.random.PRNGKey(0), shape)
-        _, params = init_fn(jax.random.PRNGKey(1), shape)
-        trainable, frozen = split(params)
-        n_t = sum(p.size for p in jax.tree_util.tree_leaves(trainable))
-        n_f = sum(p.size for p in jax.tree_util.tree_leaves(frozen))
-        floor, _ = measure(
-            hand_floor(apply_fn), (x, x, params), args.repeats, max_bytes
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, float32")
+    print(
+        "| network (N, d, n) | NT default [ms] | NT best [ms] | ours [ms] "
+        "| floor [ms] | NT best / ours | ours / floor | NT default / ours "
+        "| memory MiB (NT default / NT best / ours / floor) | max rel. diff "
+        "| our path |"
+    )
+    print("|---" * 11 + "|")
+    for n_inputs, d, n in MLP_ROWS:
+        row(
+            f"MLP ({n_inputs}, {d}, {n})",
+            mlp(n),
+            mlp_floor,
+            (n_inputs, d),
+            args.repeats,
+            max_bytes,
         )
-        for impl in (1, 2):
-            theirs = nt.empirical_ntk_fn(apply_fn, implementation=impl)
-            ours = nt_frozen.empirical_ntk_fn(apply_fn, implementation=impl)
-            t_nt, m_nt = measure(theirs, (x, x, params), args.repeats, max_bytes)
-            t_us, m_us = measure(ours, (x, x, params), args.repeats, max_bytes)
-            speed = "OOM-NT" if t_nt is None else f"{t_nt / t_us:.2f}x"
-            t_nt_s = "OOM" if t_nt is None else f"{t_nt:.4f}"
-            floor_s = "-" if floor is None else f"{floor:.4f}"
-            print(
-                f"{name:<16}{100 * n_f / (n_t + n_f):>8.1f}%{impl:>5}{t_nt_s:>10}"
-                f"{t_us:>10.4f}{floor_s:>10}{speed:>9}"
-                f"{m_nt / 2**30:>8.2f}{m_us / 2**30:>9.2f}",
-                flush=True,
-            )
+    c, n_inputs = args.cnn_channels, args.cnn_inputs
+    row(
+        f"CNN ({n_inputs}, 8x8x3, {c} ch.)",
+        cnn(c),
+        cnn_floor,
+        (n_inputs, 8, 8, 3),
+        args.repeats,
+        max_bytes,
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,8 @@ Import `nt` and `stax` from here (``from nt_frozen import nt, stax``): this
 makes neural-tangents 0.6.5 work on current JAX without TensorFlow.
 """
 
-from nt_frozen._compat import load_neural_tangents
-
-nt = load_neural_tangents()
-stax = nt.stax
-
+from nt_frozen._compat import nt, stax
+from nt_frozen.checks import check_params  # noqa: E402
 from nt_frozen.decomposition import (  # noqa: E402
     empirical_ntk_decomposition,
     ntk_decomposition,
@@ -32,6 +29,7 @@ from nt_frozen.params import (  # noqa: E402
     FrozenParams,
     freeze_like,
     freeze_params,
+    frozen_mask,
     frozen_values,
     is_frozen,
     labels,
@@ -64,10 +62,12 @@ __all__ = [
     "train_ensemble",
     "Frozen",
     "FrozenParams",
+    "check_params",
     "empirical_kernel_fn",
     "empirical_ntk_decomposition",
     "empirical_ntk_fn",
     "freeze_like",
+    "frozen_mask",
     "labels",
     "merge",
     "monte_carlo_kernel_fn",

@@ -1,12 +1,46 @@
-"""Make the released neural-tangents 0.6.5 import and run on current JAX.
+"""The foundation: neural-tangents 0.6.5 on current JAX and SciPy.
 
-neural-tangents 0.6.5 (March 2024) reads JAX names that later JAX releases
-moved or removed, and its ``experimental`` subpackage imports TensorFlow at
-import time. This module restores only the names that are *missing* (each patch
-is guarded by ``hasattr`` and says which JAX change it answers), replaces
-``neural_tangents.experimental`` by a module that explains itself, and then
-imports neural-tangents. Nothing of neural-tangents is copied, no global JAX
-config is changed, and TensorFlow is never imported.
+neural-tangents (NT) 0.6.5 (March 2024, its last release) reads JAX names that
+later JAX releases moved or removed, relies on JAX and SciPy behaviour that
+changed, and its ``experimental`` subpackage imports TensorFlow at import time.
+Importing this module, once per process, does exactly this:
+
+1. Reads NT's version from the package metadata, without importing NT, and
+   raises ``ImportError`` naming the supported version unless it is
+   ``SUPPORTED_NT_VERSIONS``; nothing is patched in that case.
+2. Restores the JAX names NT imports at import time or reads from JAX
+   objects, only where they are missing (each guarded by ``hasattr``):
+   ``jax.core.{Jaxpr, JaxprEqn, Literal, Var, Primitive}``, the module
+   ``jax.util`` (``safe_map``, ``safe_zip``), ``jax.interpreters.ad.zeros_like_p``
+   and ``Primitive.map_primitive``.
+3. Puts a stand-in for ``neural_tangents.experimental`` in ``sys.modules``
+   whose attributes raise an ``ImportError`` that says what to use instead.
+4. Imports NT and replaces, inside NT's modules only (JAX and SciPy are left
+   untouched), these NT functions and module references:
+
+   - ``neural_tangents._src.empirical.ad`` and ``.core``: views of
+     ``jax.interpreters.ad`` and ``jax.core`` with the names NT's structured
+     derivatives (``empirical_ntk_fn`` implementation 3) read at run time
+     (``source_info_util``, ``reducing_transposes``, ``DShapedArray``, a
+     ``config`` that skips NT's own ``jax_enable_checks`` assertion) and,
+     where JAX has the ``FlatTree`` contract, a ``linearize`` with the old one;
+   - ``neural_tangents._src.empirical._get_flops``: accepts the dict that
+     ``Compiled.cost_analysis()`` returns now (``implementation=0``, AUTO);
+   - ``neural_tangents._src.predict.gradient_descent_mse`` (also
+     ``nt.predict.gradient_descent_mse``): runs on a traced kernel;
+   - ``neural_tangents._src.predict.sp``: a view of SciPy whose
+     ``linalg.eigvalsh`` still accepts ``eigvals=`` (``max_learning_rate``);
+   - ``neural_tangents._src.batching._flatten_kernel_dict``: the batched
+     ``x1_is_x2`` flag is that of the whole inputs (``nt.batch``).
+
+   Each replacement is marked, so a second load (``load_neural_tangents()``
+   again, or a reload of this module) finds it and wraps nothing twice.
+5. Re-exports every private JAX or NT name the rest of nt_frozen uses, so that
+   supporting a new JAX or NT is a change in this file only.
+
+Nothing of NT is copied, no global JAX config is changed and TensorFlow is
+never imported. Each patch names the JAX (or SciPy) change it answers; the test
+covering it is named in ``tests/test_compat.py``.
 
 Import order: ``import nt_frozen`` (or ``from nt_frozen import nt, stax``)
 before ``import neural_tangents``; afterwards both spellings give the same,
@@ -18,12 +52,60 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.metadata
+import inspect
 import sys
 import types
 
 import jax
+import numpy as np
 
-NT_VERSION = "0.6.5"
+SUPPORTED_NT_VERSIONS = ("0.6.5",)
+# Set on every object this module installs, so that loading twice is a no-op.
+_MARK = "__nt_frozen_patch__"
+
+
+def check_nt_version() -> str:
+    """Return NT's installed version, read from metadata without importing NT."""
+    supported = ", ".join(SUPPORTED_NT_VERSIONS)
+    try:
+        version = importlib.metadata.version("neural-tangents")
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(
+            f"nt_frozen needs neural-tangents ({supported}), which is not "
+            f"installed; install neural-tangents=={SUPPORTED_NT_VERSIONS[-1]}."
+        ) from None
+    if version not in SUPPORTED_NT_VERSIONS:
+        raise ImportError(
+            f"nt_frozen supports neural-tangents {supported} (its patches for "
+            f"current JAX are written against that code), found {version}; "
+            f"install neural-tangents=={SUPPORTED_NT_VERSIONS[-1]}."
+        )
+    return version
+
+
+def _marked(obj):
+    setattr(obj, _MARK, True)
+    return obj
+
+
+def _is_marked(obj) -> bool:
+    return getattr(obj, _MARK, False) is True
+
+
+class _ModuleView(types.ModuleType):
+    """`module` with some names replaced; every other name is read from it."""
+
+    def __init__(self, module: types.ModuleType, replaced: dict):
+        super().__init__(module.__name__, module.__doc__)
+        self.__dict__.update(replaced, _module=module)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["_module"], name)
+
+
+def _module_view(module: types.ModuleType, **replaced) -> types.ModuleType:
+    return _marked(_ModuleView(module, replaced))
 
 
 def _set_missing(obj, name: str, value) -> None:
@@ -31,37 +113,33 @@ def _set_missing(obj, name: str, value) -> None:
         setattr(obj, name, value)
 
 
+# -- 2. JAX names NT reads ---------------------------------------------------
+
+
 def _restore_jax_core() -> None:
     import jax.core as core
     import jax.extend.core as ext_core
     from jax._src import core as src_core
 
-    # jax 0.4.3x-0.6: `Jaxpr`, `JaxprEqn`, `Literal`, `Var`, `Primitive` left
-    # the public `jax.core` for `jax.extend.core`.
+    # By jax 0.6.2 (0.4.31 still has them) `Jaxpr`, `JaxprEqn`, `Literal`,
+    # `Var`, `Primitive` left the public `jax.core` for `jax.extend.core`; NT
+    # imports them from `jax.core`.
     for name in ("Jaxpr", "JaxprEqn", "Literal", "Var", "Primitive"):
         _set_missing(core, name, getattr(ext_core, name))
-    # jax 0.7: `jax.core.get_aval` was removed; `jax.typeof` is its successor.
-    _set_missing(core, "get_aval", jax.typeof if hasattr(jax, "typeof") else None)
-    # jax 0.7: dynamic shapes (`DShapedArray`) were removed. neural-tangents
-    # only checks `type(a) is core.DShapedArray`, which must be False.
-    _set_missing(core, "DShapedArray", type("DShapedArray", (), {}))
-    # jax 0.5: `lattice_join` was removed; neural-tangents calls it only under
-    # `jax_enable_checks`, where the joined aval is the aval itself.
-    _set_missing(core, "lattice_join", lambda a, b: a)
-    # jax 0.7: `Primitive.map_primitive` (pmap-style primitives) was removed;
-    # no ordinary primitive is a map primitive.
+    # After jax 0.6.2 `Primitive.map_primitive` (pmap-style primitives) was
+    # removed; no ordinary primitive is a map primitive.
     _set_missing(src_core.Primitive, "map_primitive", False)
 
 
 def _restore_jax_util() -> None:
-    # jax 0.6: the public `jax.util` module was removed; neural-tangents
-    # imports `safe_map` / `safe_zip` from it.
+    # After jax 0.6.2 the public `jax.util` module was removed; NT imports
+    # `safe_map` and `safe_zip` from it.
     try:
         importlib.import_module("jax.util")
     except ImportError:
         from jax._src import util as src_util
 
-        module = types.ModuleType("jax.util")
+        module = _marked(types.ModuleType("jax.util"))
         module.safe_map = src_util.safe_map
         module.safe_zip = src_util.safe_zip
         sys.modules["jax.util"] = module
@@ -69,25 +147,16 @@ def _restore_jax_util() -> None:
 
 
 def _restore_ad() -> None:
-    from jax._src import source_info_util
-    from jax._src.interpreters import ad as src_ad
     from jax.extend.core import Primitive
     from jax.interpreters import ad
 
-    # jax 0.5-0.7: names neural-tangents reads through `jax.interpreters.ad`
-    # stayed only in `jax._src`.
-    _set_missing(ad, "source_info_util", source_info_util)
-    _set_missing(ad, "config", jax.config)
-    _set_missing(ad, "reducing_transposes", getattr(src_ad, "reducing_transposes", {}))
-    # jax 0.5: `zeros_like_p` was removed (zeros are symbolic). neural-tangents
-    # only uses it as a dict key for its structure rules; a primitive that never
+    # After jax 0.6.2 `zeros_like_p` was removed (zeros are symbolic). NT only
+    # uses it as a dict key for its structure rules; a primitive that never
     # appears in a jaxpr keeps those tables valid.
     _set_missing(ad, "zeros_like_p", Primitive("zeros_like"))
 
 
-def _restore_random() -> None:
-    # jax 0.4.24: `jax.random.KeyArray` was removed in favour of `jax.Array`.
-    _set_missing(jax.random, "KeyArray", jax.Array)
+# -- 3. neural_tangents.experimental -----------------------------------------
 
 
 class _ExperimentalUnavailable(types.ModuleType):
@@ -107,11 +176,14 @@ class _ExperimentalUnavailable(types.ModuleType):
 def _stub_experimental() -> None:
     name = "neural_tangents.experimental"
     if name not in sys.modules:
-        sys.modules[name] = _ExperimentalUnavailable(name)
+        sys.modules[name] = _marked(_ExperimentalUnavailable(name))
+
+
+# -- 4. NT functions replaced in NT's modules --------------------------------
 
 
 class _OutputPval:
-    """The part of a partial value that neural-tangents' linearize reads."""
+    """The part of a partial value that NT's linearize reads."""
 
     def __init__(self, tangent_is_zero: bool):
         self._known = tangent_is_zero
@@ -120,20 +192,39 @@ class _OutputPval:
         return self._known
 
 
+def _flat_tree_flatten():
+    """`FlatTree` construction, which moved between JAX releases."""
+    try:  # jax 0.12: `FlatTree` lives in `jax._src.flattree`.
+        from jax._src.flattree import flatten
+
+        return flatten
+    except ImportError:  # jax 0.10
+        from jax._src.tree_util import FlatTree
+
+        return FlatTree.flatten
+
+
 def _linearize_wrapped_fun(fun, *primals, has_aux: bool = False):
-    """The pre-0.7 `ad.linearize(WrappedFun, *primals)` contract on new JAX.
+    """The old `ad.linearize(WrappedFun, *primals)` contract on new JAX.
 
     Returns `(primals_out, pvals, jaxpr, consts)` where `pvals[i].is_known()`
     says that output `i` has a symbolically zero tangent.
     """
-    from jax._src.tree_util import FlatTree
     from jax.interpreters import ad
 
     if has_aux:
         raise NotImplementedError("has_aux=True is not used by neural-tangents.")
+    # jax 0.10 returns `(out, out_zeros, jaxpr, consts)`; jax 0.12 appends
+    # the structured residuals.
     out, out_zeros, jaxpr, consts = ad.linearize(
-        fun.call_wrapped, FlatTree.flatten(tuple(primals))
-    )
+        fun.call_wrapped, _flat_tree_flatten()(tuple(primals))
+    )[:4]
+    # jax 0.12 merged `ClosedJaxpr` into `Jaxpr`: `constvars` are the leading
+    # invars with attached values, and `linearize` returns its consts apart,
+    # as plain leading invars. NT binds `jaxpr.constvars` to `consts`, so
+    # attach them (the `Jaxpr(jaxpr, consts)` form shifts the invars).
+    if len(jaxpr.constvars) != len(consts):
+        jaxpr = type(jaxpr)(jaxpr, consts)
     return list(out.vals), [_OutputPval(z) for z in out_zeros], jaxpr, consts
 
 
@@ -142,30 +233,53 @@ def _flops(f, optimize: bool, *args, **kwargs) -> float:
     analysis = (
         lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
     )
-    # jax 0.4.3x: `cost_analysis()` returns one dict instead of a list of them.
+    # Newer JAX: `Compiled.cost_analysis()` returns one dict instead of a
+    # list of them (NT indexes `[0]`: `KeyError: 0`); accept both.
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
     return analysis["flops"]
 
 
 def _adapt_structured_derivatives() -> None:
-    """Let `empirical_ntk_fn` implementations 3 and 0 (AUTO) run on new JAX."""
-    import inspect
+    """Let `empirical_ntk_fn` implementations 3 and 0 (AUTO) run on new JAX.
 
+    NT's module (only it) gets views of `jax.interpreters.ad` and `jax.core`
+    with the names it reads at run time; JAX's own modules are left untouched.
+    """
+    from jax._src import source_info_util
+    from jax._src.interpreters import ad as src_ad
     from jax.interpreters import ad
 
     empirical = importlib.import_module("neural_tangents._src.empirical")
-    # jax 0.7+: `ad.linearize(traceable, primals_ft: FlatTree)` replaced
-    # `ad.linearize(WrappedFun, *primals, has_aux)`. Give neural-tangents' module
-    # (only it) a view of `ad` with the old contract, leaving JAX untouched.
-    if "primals_ft" in inspect.signature(ad.linearize).parameters:
-        ad_view = types.ModuleType(ad.__name__)
-        ad_view.__dict__.update(vars(ad))
-        ad_view.linearize = _linearize_wrapped_fun
-        empirical.ad = ad_view
-    # AUTO compares the compiled FLOPs of implementations 1-3; its cost query
-    # predates the dict-valued `cost_analysis()`.
-    empirical._get_flops = _flops
+    if not _is_marked(empirical.ad):
+        names = dict(
+            # These left the public `jax.interpreters.ad` for `jax._src`
+            # (0.4.31 and 0.6.2 lack `source_info_util`, 0.10 both).
+            source_info_util=source_info_util,
+            reducing_transposes=getattr(src_ad, "reducing_transposes", {}),
+            # NT's `jax_enable_checks` assertion calls `strip_named_shape`
+            # (gone by jax 0.4.31) and `lattice_join` (gone by 0.6.2); it only
+            # re-checks NT's own transpose, so skip it rather than fail.
+            # JAX's own checks still run.
+            config=types.SimpleNamespace(jax_enable_checks=False),
+        )
+        # After jax 0.6.2 (0.10 has it) `ad.linearize(traceable, primals_ft:
+        # FlatTree)` replaced `ad.linearize(WrappedFun, *primals, has_aux)`.
+        if "primals_ft" in inspect.signature(ad.linearize).parameters:
+            _flat_tree_flatten()  # fail here, at import, if `FlatTree` moved
+            names["linearize"] = _linearize_wrapped_fun
+        empirical.ad = _module_view(ad, **names)
+    if not _is_marked(empirical.core):
+        # After jax 0.6.2 dynamic shapes (`DShapedArray`) were removed. NT checks
+        # `type(aval) is core.DShapedArray`, which must be False.
+        empirical.core = _module_view(
+            jax.core,
+            DShapedArray=getattr(
+                jax.core, "DShapedArray", type("DShapedArray", (), {})
+            ),
+        )
+    if not _is_marked(empirical._get_flops):
+        empirical._get_flops = _marked(_flops)
 
 
 def _is_traced(tree) -> bool:
@@ -176,20 +290,20 @@ def _adapt_predict(nt: types.ModuleType) -> None:
     """Let `nt.predict.gradient_descent_mse` take a traced kernel (under `jit`).
 
     NT builds its Cholesky factor / eigenbasis inside `jax.core.eval_context()`
-    so that its `lru_cache` holds concrete arrays. On current JAX tracing
-    follows a context, not the arguments, so an outer tracer used inside that
-    context leaks (`UnexpectedTracerError`). A traced kernel has nothing
-    concrete to cache: for it, run NT's own code with a no-op `eval_context`.
-    Concrete kernels keep NT's path unchanged.
+    so that its `lru_cache` holds concrete arrays. Since JAX's "stackless"
+    tracing, tracing follows a context, not the arguments, so an outer tracer
+    used inside that context leaks (`UnexpectedTracerError`). A traced kernel
+    has nothing concrete to cache: for it, run NT's own code with a no-op
+    `eval_context`. Concrete kernels keep NT's path unchanged.
     """
     predict = importlib.import_module("neural_tangents._src.predict")
     original = predict.gradient_descent_mse
-    core_view = types.ModuleType(jax.core.__name__)
-    core_view.__dict__.update(vars(jax.core))
-    core_view.eval_context = contextlib.nullcontext
-    jax_view = types.ModuleType(jax.__name__)
-    jax_view.__dict__.update(vars(jax))
-    jax_view.core = core_view
+    if _is_marked(original):
+        return
+    jax_view = _module_view(
+        jax,
+        core=_module_view(jax.core, eval_context=contextlib.nullcontext),
+    )
     for_traced = types.FunctionType(
         original.__code__,
         {**vars(predict), "jax": jax_view},
@@ -204,23 +318,115 @@ def _adapt_predict(nt: types.ModuleType) -> None:
         fn = for_traced if _is_traced((k_train_train, y_train)) else original
         return fn(k_train_train, y_train, *args, **kwargs)
 
-    predict.gradient_descent_mse = gradient_descent_mse
-    nt.predict.gradient_descent_mse = gradient_descent_mse
+    predict.gradient_descent_mse = _marked(gradient_descent_mse)
+    nt.predict.gradient_descent_mse = predict.gradient_descent_mse
+
+
+def _adapt_scipy_eigvalsh() -> None:
+    """Let `nt.predict.max_learning_rate` run on SciPy >= 1.14.
+
+    SciPy 1.14 removed `eigvalsh(..., eigvals=(lo, hi))` for
+    `subset_by_index=[lo, hi]`; NT passes `eigvals=` (`TypeError`). Give NT's
+    `predict` module (only it) a view of SciPy whose `linalg.eigvalsh`
+    translates the keyword.
+    """
+    import scipy
+    import scipy.linalg
+
+    predict = importlib.import_module("neural_tangents._src.predict")
+    if _is_marked(predict.sp) or (
+        "eigvals" in inspect.signature(scipy.linalg.eigvalsh).parameters
+    ):
+        return
+
+    @functools.wraps(scipy.linalg.eigvalsh)
+    def eigvalsh(*args, eigvals=None, **kwargs):
+        if eigvals is not None:
+            kwargs["subset_by_index"] = eigvals
+        return scipy.linalg.eigvalsh(*args, **kwargs)
+
+    linalg_view = _module_view(scipy.linalg, eigvalsh=eigvalsh)
+    predict.sp = _module_view(scipy, linalg=linalg_view)
+
+
+def _adapt_batching() -> None:
+    """Give `nt.batch`'s Kernel the `x1_is_x2` flag of the whole inputs.
+
+    NT's serial batching computes the kernel block by block and reports the
+    flag of the first block, `x1[:b] == x2[:b]`. Since jax 0.5 made
+    `jax_threefry_partitionable` the default, draws of different sizes from one
+    key share their leading rows (`normal(key, (2, d)) == normal(key, (8,
+    d))[:2]`), so test sets drawn that way hit this: the batched Kernel says
+    `x1_is_x2=True` where the unbatched one says False (and train-mode
+    `Dropout` rescales its diagonal). `x1` equals `x2` exactly when the block
+    grid is square, the shapes agree and every diagonal block says so.
+    """
+    batching = importlib.import_module("neural_tangents._src.batching")
+    original = batching._flatten_kernel_dict
+    if _is_marked(original):
+        return
+
+    @functools.wraps(original)
+    def _flatten_kernel_dict(k, x2_is_none, is_parallel):
+        blocks = k.get("x1_is_x2")
+        out = original(k, x2_is_none, is_parallel)
+        # Serial blocks are `(n1 // b, n2 // b)`; when `x2 is None` NT's first
+        # block (x1 vs x1) is already right, and parallel rows are NT's own
+        # documented compromise (`x1_is_x2` per device row).
+        if blocks is not None and not x2_is_none and not is_parallel:
+            blocks = jax.numpy.asarray(blocks)
+            square = blocks.ndim == 2 and blocks.shape[0] == blocks.shape[1]
+            same_shape = out.get("shape1") == out.get("shape2")
+            out["x1_is_x2"] = (
+                jax.numpy.all(jax.numpy.diagonal(blocks))
+                if square and same_shape
+                else np.False_
+            )
+        return out
+
+    batching._flatten_kernel_dict = _marked(_flatten_kernel_dict)
 
 
 def load_neural_tangents() -> types.ModuleType:
-    """Restore missing JAX names, then import and return `neural_tangents`."""
+    """Check NT's version, patch (once) and return the `neural_tangents` module."""
+    check_nt_version()
     _restore_jax_core()
     _restore_jax_util()
     _restore_ad()
-    _restore_random()
     _stub_experimental()
     nt = importlib.import_module("neural_tangents")
     _adapt_structured_derivatives()
     _adapt_predict(nt)
-    if nt.__version__ != NT_VERSION:
-        raise ImportError(
-            f"nt_frozen supports neural-tangents {NT_VERSION}, found "
-            f"{nt.__version__}; install neural-tangents=={NT_VERSION}."
-        )
+    _adapt_scipy_eigvalsh()
+    _adapt_batching()
     return nt
+
+
+nt = load_neural_tangents()
+stax = nt.stax
+
+# -- 5. private names used elsewhere in nt_frozen ------------------------------
+# NT's layer decorators (`@layer`, `@requires`, `get_req`) are the idiom our
+# layers follow; the empirical-kernel helpers contract Jacobians as NT does.
+from neural_tangents._src.empirical import (  # noqa: E402
+    DEFAULT_NTK_IMPLEMENTATION,
+    _dot_general,
+    _ntk_shape,
+)
+from neural_tangents._src.stax.requirements import get_req, layer, requires  # noqa: E402
+from neural_tangents._src.utils import utils as nt_utils  # noqa: E402
+
+__all__ = [
+    "DEFAULT_NTK_IMPLEMENTATION",
+    "SUPPORTED_NT_VERSIONS",
+    "_dot_general",
+    "_ntk_shape",
+    "check_nt_version",
+    "get_req",
+    "layer",
+    "load_neural_tangents",
+    "nt",
+    "nt_utils",
+    "requires",
+    "stax",
+]

@@ -14,9 +14,11 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import math
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--implementation",
         type=int,
         choices=(1, 2, 3),
-        default=2,
+        default=None,
         help="nt.empirical_ntk_fn implementation: 1 Jacobian contraction, "
-        "2 NTK-vector products (default; memory ~ parameters), 3 structured",
+        "2 NTK-vector products, 3 structured derivatives (default: the fastest "
+        "exact path, see nt_frozen/structured.py)",
     )
     validate.add_argument(
         "--input-shape",
@@ -219,6 +222,29 @@ def _format_table(results, widths_header: str) -> str:
     return "\n".join(lines)
 
 
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise SystemExit(
+            f"nt-frozen validate: --out {out}: cannot write there ({e}); choose a "
+            f"writable folder."
+        ) from None
+
+
+def _finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _quantiles(errors):
     import numpy as np
 
@@ -250,6 +276,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except (ValueError, ImportError, AttributeError, FileNotFoundError) as e:
         raise SystemExit(f"nt-frozen validate: {e}") from None
 
+    _check_writable(args.out)  # before the sweep, not after it
     device = _select_device(args.device)
     meta = _metadata(args, argv, device)
     print(
@@ -289,7 +316,8 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "architectures": [r.to_json() for r in results],
     }
     json_path = args.out / "validation.json"
-    json_path.write_text(json.dumps(report, indent=1))
+    # Strict JSON: an undefined statistic is null (its verdict says why).
+    json_path.write_text(json.dumps(_finite_or_null(report), indent=1, allow_nan=False))
     png_path = save_sweep_figure(results, args.out / "validation.png")
     print(f"\nwrote {json_path} and {png_path} ({elapsed:.0f} s)")
     return 0 if report["passed"] else 1

@@ -38,20 +38,35 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from neural_tangents import Kernel
-from neural_tangents._src.empirical import _dot_general, _ntk_shape
-from neural_tangents._src.stax.requirements import get_req, layer, requires
-from neural_tangents._src.utils import utils as nt_utils
 
-from nt_frozen import stax
+from nt_frozen._compat import (
+    _dot_general,
+    _ntk_shape,
+    get_req,
+    layer,
+    nt_utils,
+    requires,
+    stax,
+)
+from nt_frozen.checks import (
+    KERNEL_FIELDS,
+    check_apply,
+    check_get,
+    check_params,
+    input_shape_of,
+)
 from nt_frozen.params import merge, split
 from nt_frozen.rates import weight_jacobians
+from nt_frozen.structured import block_ntks
 
 Layer = tuple[Callable, Callable, Callable]
 PyTree = Any
@@ -247,7 +262,7 @@ class NTKDecomposition:
         self._resolved = _Resolved(parsed, where)
         # NT-style `kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs)`: every
         # field as `stax.serial(*layers)` has it, but `ntk` is the stack.
-        self.kernel_fn = _decomposition_layer(self)[2]
+        self.kernel_fn = _checking_get(_decomposition_layer(self)[2])
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -312,8 +327,11 @@ class NTKDecomposition:
                     return jax.jvp(ntk_map, (zeros,), (tangent,), has_aux=True)
 
                 own, stack, k = jax.vmap(jvp, out_axes=(None, 0, None))(stack)
-            if group is None:
-                continue  # frozen in every contribution: P is dropped
+            if group is None:  # frozen in every contribution: P is dropped
+                if stack is None:
+                    # `k.ntk` is this layer's own P; no group may inherit it.
+                    k = _replace_ntks(k, _zeros_like_ntks(k))
+                continue
             if stack is None:
                 stack, slots = [p[None] for p in own], [group]
             elif group in slots:  # a group whose layers are not contiguous
@@ -329,6 +347,17 @@ class NTKDecomposition:
             order = jnp.asarray([slots.index(g) for g in range(len(groups))])
             stack = [s[order] for s in stack]
         return _replace_ntks(k, stack)
+
+
+def _checking_get(kernel_fn: Callable) -> Callable:
+    """`kernel_fn` with a clear error for a `get` that names no Kernel field."""
+
+    @functools.wraps(kernel_fn)
+    def checked_kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs):
+        check_get(get, KERNEL_FIELDS, "ntk_decomposition(...).kernel_fn")
+        return kernel_fn(x1_or_kernel, x2, get, **kwargs)
+
+    return checked_kernel_fn
 
 
 def _ntks(k: PyTree) -> list[jax.Array]:
@@ -411,22 +440,35 @@ def ntk_decomposition(
     return NTKDecomposition(layers, groups)
 
 
+def _one_array(apply_fn: Callable, params: PyTree, x: PyTree) -> bool:
+    return isinstance(jax.eval_shape(apply_fn, params, x), jax.ShapeDtypeStruct)
+
+
 class EmpiricalNTKDecomposition:
     """Empirical layer-wise NTK decomposition; see
     :func:`empirical_ntk_decomposition`."""
 
     def __init__(
         self,
-        apply_fn: Callable,
+        network: Sequence[Layer] | Callable,
         groups: Groups,
         trace_axes,
         diagonal_axes,
     ):
-        self.apply_fn = apply_fn
+        where = "empirical_ntk_decomposition"
+        if callable(network) and not isinstance(network, (tuple, list)):
+            self.layers, self._names, self._init_fn = None, None, None
+            self.apply_fn = network
+        else:
+            self.layers = _check_layers(network, where)
+            self._names = [_layer_name(lyr) for lyr in self.layers]
+            self._init_fn, self.apply_fn, _ = stax.serial(*self.layers)
         self.trace_axes = trace_axes
         self.diagonal_axes = diagonal_axes
         self._groups_spec = groups
-        self._resolved = _Resolved(None, "empirical_ntk_decomposition")
+        if self.layers is not None:  # validate the groups now, as the analytic one
+            _parse_groups(groups, len(self.layers), self._names, where)
+        self._resolved = _Resolved(None, where)
 
     @property
     def groups(self) -> tuple[Group, ...]:
@@ -435,7 +477,9 @@ class EmpiricalNTKDecomposition:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """Group labels (the layer index by default), in stack order."""
+        """Group labels in stack order: as :func:`ntk_decomposition`'s
+        (`"index:LayerName"`) when made from the layers, the layer index when
+        made from an `apply_fn` (which does not know the layers' names)."""
         return tuple(group.label for group in self.groups)
 
     def resolve(self, params: PyTree) -> tuple[Group, ...]:
@@ -449,9 +493,9 @@ class EmpiricalNTKDecomposition:
                 f"tuple with one entry per layer, got {type(params).__name__}. "
                 f"Wrap a single layer as stax.serial(layer)."
             )
-        groups = _parse_groups(self._groups_spec, len(params), None, where)
+        groups = _parse_groups(self._groups_spec, len(params), self._names, where)
         if groups is None:
-            groups = _default_groups(params, None)
+            groups = _default_groups(params, self._names)
         return self._resolved.set_default(groups)
 
     def __call__(
@@ -462,13 +506,40 @@ class EmpiricalNTKDecomposition:
         Same arguments as the `ntk_fn` of `nt.empirical_ntk_fn`; for a network
         with several outputs, a tree of such stacks.
         """
+        where = "empirical_ntk_decomposition"
+        kwargs1, kwargs2 = nt_utils.split_kwargs(apply_fn_kwargs, x1, x2)
+        if self._init_fn is not None:
+            check_params(self._init_fn, params, input_shape_of(x1), where)
         groups = self.resolve(params)
+        if self._init_fn is None:
+            check_apply(self.apply_fn, params, x1, where, **kwargs1)
+        if groups and not apply_fn_kwargs and _one_array(self.apply_fn, params, x1):
+            # One array output: the fastest exact path (nt_frozen.structured),
+            # with one block of parameter leaves per group.
+            offsets = np.cumsum(
+                [0] + [len(jax.tree_util.tree_leaves(p)) for p in params]
+            )
+            blocks = [
+                [k for i in group.indices for k in range(offsets[i], offsets[i + 1])]
+                for group in groups
+            ]
+            return jnp.stack(
+                block_ntks(
+                    self.apply_fn,
+                    x1,
+                    x2,
+                    params,
+                    blocks,
+                    self.trace_axes,
+                    self.diagonal_axes,
+                    **apply_fn_kwargs,
+                )
+            )
         trainable, frozen = split(params)
         # Differentiate only trainable leaves of grouped layers: the rest,
         # frozen leaves included, are constants and cost no Jacobian.
         grouped = sorted({i for group in groups for i in group.indices})
         wrt = [i for i in grouped if _has_leaves(trainable[i])]
-        kwargs1, kwargs2 = nt_utils.split_kwargs(apply_fn_kwargs, x1, x2)
 
         def f(sub, x, kwargs):
             full = list(trainable)
@@ -515,7 +586,7 @@ class EmpiricalNTKDecomposition:
 
 
 def empirical_ntk_decomposition(
-    apply_fn: Callable,
+    network: Sequence[Layer] | Callable,
     groups: Groups = None,
     trace_axes=(-1,),
     diagonal_axes=(),
@@ -523,17 +594,25 @@ def empirical_ntk_decomposition(
     """Split the empirical NTK of a `stax.serial` network over groups of layers.
 
     The finite-width counterpart of :func:`ntk_decomposition`: row `g` is the
-    NTK of the trainable parameters of group `g`'s layers, `J_g J_g^T`. One
-    Jacobian of the outputs with respect to the trainable parameters of the
-    grouped layers (frozen leaves excluded) gives every row; the rows sum to
+    NTK of the trainable parameters of group `g`'s layers, `J_g J_g^T`. For a
+    network with one array output and no `apply_fn_kwargs`, every row comes
+    from one forward and one batched backward pass (:mod:`nt_frozen.structured`,
+    one block of leaves per group); otherwise one Jacobian of the outputs with
+    respect to the trainable parameters of the grouped layers (frozen leaves
+    excluded) gives every row. The rows sum to
     :func:`~nt_frozen.empirical_ntk_fn`'s NTK when every layer with trainable
     parameters is in some group.
 
     Args:
-      apply_fn: the `apply_fn` of `stax.serial(*layers)`; its `params` are a
-        tuple with one entry per layer, which the group indices refer to.
+      network: the layers of the `stax.serial` network, as given to
+        :func:`ntk_decomposition` (then the rows have the same labels, and
+        `params` are checked against the network with
+        :func:`~nt_frozen.check_params`); or its `apply_fn` (labels are then
+        the layer indices, and only `apply_fn(params, x1)` is checked). The
+        `params` are a tuple with one entry per layer, which the group
+        indices refer to.
       groups: as for :func:`ntk_decomposition`; `None` gives one group per
-        layer with trainable parameters, labelled by its index.
+        layer with trainable parameters.
       trace_axes, diagonal_axes: as for `nt.empirical_ntk_fn` (the output
         axes traced over, normalized by their size, and kept diagonal).
 
@@ -545,12 +624,12 @@ def empirical_ntk_decomposition(
     Example:
       >>> import jax
       >>> from nt_frozen import Frozen, stax, empirical_ntk_decomposition
-      >>> init_fn, apply_fn, _ = stax.serial(
-      ...     stax.Dense(16), stax.Relu(), Frozen(stax.Dense(16)), stax.Dense(1))
+      >>> layers = [stax.Dense(16), stax.Relu(), Frozen(stax.Dense(16)), stax.Dense(1)]
+      >>> init_fn, apply_fn, _ = stax.serial(*layers)
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
       >>> _, params = init_fn(jax.random.PRNGKey(1), x.shape)
-      >>> d = empirical_ntk_decomposition(apply_fn)
+      >>> d = empirical_ntk_decomposition(layers)
       >>> jax.jit(d)(x, None, params).shape, d.labels
-      ((2, 3, 3), ('0', '3'))
+      ((2, 3, 3), ('0:Dense', '3:Dense'))
     """
-    return EmpiricalNTKDecomposition(apply_fn, groups, trace_axes, diagonal_axes)
+    return EmpiricalNTKDecomposition(network, groups, trace_axes, diagonal_axes)

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nt_frozen import nt
+from nt_frozen._compat import nt
+from nt_frozen.checks import check_targets
 from nt_frozen.params import merge, split
 from nt_frozen.rates import apply_learning_rates
 
@@ -317,11 +318,7 @@ def train_ensemble(
       True
     """
     x_train, y_train, x_test = (jnp.asarray(a) for a in (x_train, y_train, x_test))
-    if y_train.ndim != 2 or y_train.shape[0] != x_train.shape[0]:
-        raise ValueError(
-            f"y_train must have shape (n_train, out) = ({x_train.shape[0]}, out), "
-            f"got {y_train.shape}."
-        )
+    check_targets(init_fn, apply_fn, x_train, y_train, x_test, "train_ensemble")
     schedule = gd_schedule(
         ts,
         ntk_train_train,
@@ -397,6 +394,7 @@ def analytic_prediction(
       ((2, 2, 1), (2, 2))
     """
     x_train, y_train, x_test = (jnp.asarray(a) for a in (x_train, y_train, x_test))
+    check_targets(None, None, x_train, y_train, x_test, "analytic_prediction")
     ts = np.asarray(ts, np.float64).reshape(-1)
     n_train = x_train.shape[0]
     # One kernel evaluation on train and test points together, compiled per
@@ -660,6 +658,9 @@ def compare_dynamics(
       >>> linearized_members(ens, p).shape
       (4, 2, 2, 1)
     """
+    # Before the analytic kernels: a target that does not fit the network
+    # (e.g. broadcast over outputs) fails now, not after the expensive work.
+    check_targets(init_fn, apply_fn, x_train, y_train, x_test, "compare_dynamics")
     prediction = analytic_prediction(
         kernel_fn, x_train, y_train, x_test, ts, learning_rate
     )

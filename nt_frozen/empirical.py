@@ -10,17 +10,20 @@ Jacobian at all.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from neural_tangents._src.empirical import DEFAULT_NTK_IMPLEMENTATION
 
-from nt_frozen import nt
+from nt_frozen._compat import nt, nt_utils
+from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
 from nt_frozen.params import merge, split
 from nt_frozen.rates import weight_jacobians
+from nt_frozen.structured import block_ntks
 
 PyTree = Any
 
@@ -29,9 +32,26 @@ def _has_leaves(tree: PyTree) -> bool:
     return bool(jax.tree_util.tree_leaves(tree))
 
 
-def _check_params(params: PyTree, where: str) -> None:
+def _check_inputs(
+    apply_fn: Callable, x1, x2, params: PyTree, where: str, apply_fn_kwargs: dict
+) -> None:
+    """What can be checked with `apply_fn` alone: `apply_fn(params, x)` traces.
+
+    `nt_frozen.check_params(init_fn, params, x1.shape)` checks more (layers
+    a `serial` network would silently ignore)."""
     if params is None:
         raise TypeError(f"{where}: params is None; pass the network's parameters.")
+    kwargs1, kwargs2 = nt_utils.split_kwargs(apply_fn_kwargs, x1, x2)
+    check_apply(apply_fn, params, x1, where, **kwargs1)
+    if x2 is not None:
+        check_apply(apply_fn, params, x2, where, **kwargs2)
+
+
+@functools.cache
+def _kernel_tuple(names: tuple[str, ...]) -> type:
+    # One class per `get`: the running sums of `monte_carlo_kernel_fn` are
+    # tree-mapped together, which needs equal pytree node types.
+    return namedtuple("EmpiricalKernel", names)
 
 
 def _on_trainable(apply_fn: Callable, frozen: PyTree) -> Callable:
@@ -50,13 +70,17 @@ def empirical_ntk_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.empirical_ntk_fn` that differentiates only the trainable parameters.
 
     Same arguments as `nt.empirical_ntk_fn`; returns
-    `ntk_fn(x1, x2, params, **apply_fn_kwargs)`.
+    `ntk_fn(x1, x2, params, **apply_fn_kwargs)`. With `implementation=None`
+    (default) the fastest exact path is chosen per call: structured
+    contractions for `Dense`/`Conv`-like leaves, NT for the rest
+    (:mod:`nt_frozen.structured` states the rules; `vmap_axes`, if given, is
+    used for the NT part). An explicit `implementation` calls NT as asked.
 
     Example:
       >>> import jax
@@ -77,7 +101,24 @@ def empirical_ntk_fn(
     )
 
     def ntk_fn(x1, x2, params, **apply_fn_kwargs):
-        _check_params(params, "empirical_ntk_fn")
+        _check_inputs(apply_fn, x1, x2, params, "empirical_ntk_fn", apply_fn_kwargs)
+        return unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs)
+
+    def unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs):
+        if implementation is None:
+            every_leaf = range(len(jax.tree_util.tree_leaves(params)))
+            return block_ntks(
+                apply_fn,
+                x1,
+                x2,
+                params,
+                [every_leaf],
+                trace_axes,
+                diagonal_axes,
+                vmap_axes,
+                nt_options,
+                **apply_fn_kwargs,
+            )[0]
         trainable, frozen = split(params)
         if not _has_leaves(trainable):  # everything frozen: the NTK is exactly 0
             shape = jax.eval_shape(
@@ -89,6 +130,7 @@ def empirical_ntk_fn(
         fn = nt.empirical_ntk_fn(_on_trainable(apply_fn, frozen), **options)
         return fn(x1, x2, trainable, **apply_fn_kwargs)
 
+    ntk_fn.unchecked = unchecked_ntk_fn
     return ntk_fn
 
 
@@ -97,7 +139,7 @@ def empirical_kernel_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.empirical_kernel_fn` whose NTK differentiates only trainable parameters.
@@ -108,21 +150,17 @@ def empirical_kernel_fn(
         "nngp": nt.empirical_nngp_fn(apply_fn, trace_axes, diagonal_axes),
         "ntk": empirical_ntk_fn(
             apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, **nt_options
-        ),
+        ).unchecked,
     }
 
     def kernel_fn(x1, x2, get, params, **apply_fn_kwargs):
-        _check_params(params, "empirical_kernel_fn")
-        names = ("nngp", "ntk") if get is None else get
-        requested = (names,) if isinstance(names, str) else tuple(names)
-        if not set(requested) <= set(fns):
-            raise ValueError(
-                f"empirical_kernel_fn: get must name 'nngp' and/or 'ntk', got {get!r}."
-            )
+        where = "empirical_kernel_fn"
+        requested = check_get(get, EMPIRICAL_KERNELS, where) or EMPIRICAL_KERNELS
+        _check_inputs(apply_fn, x1, x2, params, where, apply_fn_kwargs)
         values = [fns[name](x1, x2, params, **apply_fn_kwargs) for name in requested]
-        if isinstance(names, str):
+        if isinstance(get, str):
             return values[0]
-        return namedtuple("EmpiricalKernel", requested)(*values)
+        return _kernel_tuple(requested)(*values)
 
     return kernel_fn
 
@@ -138,7 +176,7 @@ def monte_carlo_kernel_fn(
     trace_axes=(-1,),
     diagonal_axes=(),
     vmap_axes=None,
-    implementation: int = DEFAULT_NTK_IMPLEMENTATION,
+    implementation: int | None = None,
     **nt_options,
 ) -> Callable:
     """`nt.monte_carlo_kernel_fn` built on :func:`empirical_kernel_fn`.
@@ -147,6 +185,7 @@ def monte_carlo_kernel_fn(
     (draw `i` uses `jax.random.fold_in(key, i)`). With an iterable `n_samples`,
     the returned function yields the running average at each requested count.
     """
+    counts = _sample_counts(n_samples)
     one_draw = empirical_kernel_fn(
         apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, **nt_options
     )
@@ -154,6 +193,7 @@ def monte_carlo_kernel_fn(
         one_draw = nt.batch(one_draw, batch_size, device_count, store_on_device)
 
     def draws(x1, x2, get, **apply_fn_kwargs) -> Iterator[tuple[int, Any]]:
+        check_get(get, EMPIRICAL_KERNELS, "monte_carlo_kernel_fn")
         total, count = None, 0
         while True:
             _, params = init_fn(jax.random.fold_in(key, count), x1.shape)
@@ -162,16 +202,16 @@ def monte_carlo_kernel_fn(
             count += 1
             yield count, jax.tree_util.tree_map(lambda t, c=count: t / c, total)
 
-    if isinstance(n_samples, int):
+    if isinstance(counts, int):
 
         def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
             for count, mean in draws(x1, x2, get, **apply_fn_kwargs):
-                if count == n_samples:
+                if count == counts:
                     return mean
 
         return kernel_fn
 
-    targets = sorted(set(n_samples))
+    targets = sorted(set(counts))
 
     def kernel_fn_gen(x1, x2=None, get=None, **apply_fn_kwargs):
         wanted = iter(targets)
@@ -184,3 +224,31 @@ def monte_carlo_kernel_fn(
                 target = next(wanted, None)
 
     return kernel_fn_gen
+
+
+def _sample_counts(n_samples: Any) -> int | list[int]:
+    """`n_samples` as a positive int or a non-empty list of them."""
+
+    def positive(n: Any) -> int:
+        try:
+            if isinstance(n, bool):  # `True` is an int, but surely not meant
+                raise TypeError
+            count = operator.index(n)
+        except TypeError:
+            raise TypeError(
+                f"monte_carlo_kernel_fn: n_samples must be a positive int or a "
+                f"list of them, got {n_samples!r}."
+            ) from None
+        if count < 1:
+            raise ValueError(
+                f"monte_carlo_kernel_fn: n_samples must be positive (a number of "
+                f"parameter draws), got {n_samples!r}."
+            )
+        return count
+
+    if isinstance(n_samples, Iterable) and not isinstance(n_samples, str):
+        counts = [positive(n) for n in n_samples]
+        if not counts:
+            raise ValueError("monte_carlo_kernel_fn: n_samples is empty.")
+        return counts
+    return positive(n_samples)

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from neural_tangents import Kernel
-from neural_tangents._src.stax.requirements import get_req, layer, requires
 
+from nt_frozen._compat import get_req, layer, requires
 from nt_frozen.params import freeze_params, frozen_values
 
 Layer = tuple[Callable, Callable, Callable]
@@ -46,6 +46,13 @@ def _check_layer(candidate: Any, where: str = "Frozen") -> Layer:
             f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn) from "
             f"neural_tangents.stax, got {type(candidate).__name__}: {candidate!r}."
         )
+    if candidate and all(_looks_like_layer(item) for item in candidate):
+        raise TypeError(
+            f"{where} takes one layer, got a {type(candidate).__name__} of "
+            f"{len(candidate)} layer{'s' * (len(candidate) > 1)}. "
+            f"Wrap their composition: {where}(stax.serial(...)) (or wrap each "
+            f"one, e.g. [{where}(layer) for layer in layers])."
+        )
     if len(candidate) != 3:
         hint = (
             " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
@@ -64,6 +71,15 @@ def _check_layer(candidate: Any, where: str = "Frozen") -> Layer:
                 f"{type(fn).__name__}: {fn!r}."
             )
     return tuple(candidate)
+
+
+def _looks_like_layer(item: Any) -> bool:
+    """A layer triple, or an `(init_fn, apply_fn)` pair."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) in (2, 3)
+        and all(map(callable, item))
+    )
 
 
 def ntk_jvp(kernel_fn: Callable, k: Any, *, at_zero: bool = False, **kwargs):

@@ -16,7 +16,7 @@ import jax
 PyTree = Any
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class FrozenParams:
     """Marks the parameters of a frozen layer; its single child is the tree."""
 
@@ -27,6 +27,10 @@ class FrozenParams:
 
     def tree_flatten(self):
         return (self.params,), None
+
+    def tree_flatten_with_keys(self):
+        # Key paths read `[2].params[0]`, the attribute that holds the tree.
+        return ((jax.tree_util.GetAttrKey("params"), self.params),), None
 
     @classmethod
     def tree_unflatten(cls, aux_data, children):
@@ -58,8 +62,38 @@ def frozen_values(params: PyTree) -> PyTree:
     return params.params if is_frozen(params) else params
 
 
-def _is_frozen_or_none(node: Any) -> bool:
-    return node is None or is_frozen(node)
+@jax.tree_util.register_pytree_node_class
+class TrainableSlot:
+    """Stands for a trainable leaf in the frozen half of :func:`split`.
+
+    It has no children (nothing to store or differentiate) and keeps the
+    leaf's shape as static data, so that :func:`merge` can tell the halves of
+    networks of different widths apart.
+    """
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+    def tree_flatten(self):
+        return (), self.shape
+
+    @classmethod
+    def tree_unflatten(cls, shape, children):
+        del children
+        return cls(shape)
+
+    def __repr__(self) -> str:
+        return f"TrainableSlot({self.shape})"
+
+
+def _is_frozen_or_slot(node: Any) -> bool:
+    return node is None or is_frozen(node) or isinstance(node, TrainableSlot)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(jax.numpy.shape(x))
 
 
 def _mismatch(what: str, error: Exception) -> ValueError:
@@ -70,8 +104,9 @@ def split(params: PyTree) -> tuple[PyTree, PyTree]:
     """Split `params` into `(trainable, frozen)` trees of the same layout.
 
     `trainable` holds `None` where `params` has a :class:`FrozenParams` node;
-    `frozen` keeps those nodes and holds `None` for every trainable leaf.
-    :func:`merge` inverts it exactly. Both halves are pytrees, so
+    `frozen` keeps those nodes and holds a leafless :class:`TrainableSlot`
+    (which remembers the shape) for every trainable leaf. :func:`merge`
+    inverts it exactly. Both halves are pytrees, so
     `jax.grad(lambda t: loss(merge(t, frozen)))(trainable)` differentiates the
     trainable parameters only.
 
@@ -90,40 +125,83 @@ def split(params: PyTree) -> tuple[PyTree, PyTree]:
         lambda x: None if is_frozen(x) else x, params, is_leaf=is_frozen
     )
     frozen = jax.tree_util.tree_map(
-        lambda x: x if is_frozen(x) else None, params, is_leaf=is_frozen
+        lambda x: x if is_frozen(x) else TrainableSlot(_shape(x)),
+        params,
+        is_leaf=is_frozen,
     )
     return trainable, frozen
 
 
+def _same_up_to_batch(shape: tuple[int, ...], recorded: tuple[int, ...]) -> bool:
+    # Halves of stacked (e.g. vmapped ensemble) parameters may be merged per
+    # member: then one shape ends the other, past leading batch axes.
+    n = min(len(shape), len(recorded))
+    return shape[len(shape) - n :] == recorded[len(recorded) - n :]
+
+
 def merge(trainable: PyTree, frozen: PyTree) -> PyTree:
-    """Inverse of :func:`split`: put the frozen nodes back among the trainable."""
+    """Inverse of :func:`split`: put the frozen nodes back among the trainable.
+
+    Raises:
+      ValueError: if the halves do not come from one network: another layout,
+        or a trainable leaf whose shape differs from the one `frozen` recorded
+        (e.g. the halves of networks of different widths).
+    """
+    wrong_shapes = []
+
+    def put_back(path, f, t):
+        if isinstance(f, TrainableSlot) and t is not None:
+            if not _same_up_to_batch(_shape(t), f.shape):
+                wrong_shapes.append((path, _shape(t), f.shape))
+        return f if is_frozen(f) else t
+
     try:
-        merged = jax.tree_util.tree_map(
-            lambda f, t: f if is_frozen(f) else t,
-            frozen,
-            trainable,
-            is_leaf=_is_frozen_or_none,
+        merged = jax.tree_util.tree_map_with_path(
+            put_back, frozen, trainable, is_leaf=_is_frozen_or_slot
         )
     except (ValueError, TypeError) as error:
         raise _mismatch("merge(trainable, frozen)", error) from None
+    if wrong_shapes:
+        path, got, recorded = wrong_shapes[0]
+        raise ValueError(
+            f"merge(trainable, frozen): trainable{jax.tree_util.keystr(path)} has "
+            f"shape {got}, but the frozen half comes from parameters where it had "
+            f"shape {recorded}: the halves come from different networks (other "
+            f"widths?). Use the two halves of one split(params)."
+        )
     again = split(merged)
     for name, half, rebuilt in zip(("trainable", "frozen"), (trainable, frozen), again):
-        if jax.tree_util.tree_structure(half) != jax.tree_util.tree_structure(rebuilt):
+        if _layout(half) != _layout(rebuilt):
             raise ValueError(
                 f"merge(trainable, frozen): the {name} half does not come from the "
                 f"same network as the other; expected the layout "
-                f"{jax.tree_util.tree_structure(rebuilt)}, got "
-                f"{jax.tree_util.tree_structure(half)}. Use the two halves of one "
-                f"split(params)."
+                f"{_layout(rebuilt)}, got {_layout(half)}. Use the two halves of "
+                f"one split(params)."
             )
     return merged
+
+
+def _layout(half: PyTree) -> Any:
+    """The tree structure, without the shapes that trainable slots recorded
+    (checked by :func:`merge` already, up to batch axes)."""
+    return jax.tree_util.tree_structure(
+        jax.tree_util.tree_map(
+            lambda x: None if isinstance(x, TrainableSlot) else x,
+            half,
+            is_leaf=lambda x: isinstance(x, TrainableSlot),
+        )
+    )
 
 
 def trainable_mask(params: PyTree) -> PyTree:
     """Boolean tree like `params`: True on trainable leaves, False on frozen ones.
 
-    Plugs into `optax.masked(transform, trainable_mask(params))`, so that e.g.
-    weight decay never touches frozen weights.
+    For `optax.masked(transform, trainable_mask(params))`, which applies
+    `transform` (e.g. weight decay) to trainable leaves only. To keep frozen
+    leaves *fixed*, use :func:`labels` or :func:`frozen_mask` instead:
+    `optax.masked` passes the updates of masked-out leaves through unchanged,
+    so any gradient that reaches a frozen leaf (e.g. an L2 term on all
+    parameters) would still move it.
     """
     return jax.tree_util.tree_map(
         lambda x: jax.tree_util.tree_map(lambda _: False, x) if is_frozen(x) else True,
@@ -132,13 +210,41 @@ def trainable_mask(params: PyTree) -> PyTree:
     )
 
 
+def frozen_mask(params: PyTree) -> PyTree:
+    """Boolean tree like `params`: True on frozen leaves, the complement of
+    :func:`trainable_mask`.
+
+    For `optax.chain(opt, optax.masked(optax.set_to_zero(), frozen_mask(params)))`,
+    which zeroes the updates of frozen leaves, and for the masks of
+    `optax.freeze` / `optax.selective_transform` in optax versions with them.
+    """
+    return jax.tree_util.tree_map(lambda m: not m, trainable_mask(params))
+
+
 def labels(
     params: PyTree, trainable: str = "trainable", frozen: str = "frozen"
 ) -> PyTree:
     """String labels like `params`, for `optax.multi_transform`.
 
-    Example: `optax.multi_transform({"trainable": optax.adam(1e-3),
-    "frozen": optax.set_to_zero()}, labels(params))`.
+    With `optax.set_to_zero()` for the frozen label, frozen leaves stay exactly
+    fixed whatever gradient reaches them, and get no optimizer state.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from nt_frozen import Frozen, labels, stax
+      >>> init_fn, apply_fn, _ = stax.serial(stax.Dense(4), Frozen(stax.Dense(1)))
+      >>> _, params = init_fn(jax.random.PRNGKey(0), (3, 2))
+      >>> opt = optax.multi_transform(
+      ...     {"trainable": optax.adam(1e-2), "frozen": optax.set_to_zero()},
+      ...     labels(params))
+      >>> state = opt.init(params)
+      >>> def loss(p):  # an L2 term on every parameter reaches frozen ones too
+      ...     l2 = sum(jnp.sum(w**2) for w in jax.tree_util.tree_leaves(p))
+      ...     return jnp.sum(apply_fn(p, jnp.ones((3, 2)))**2) + l2
+      >>> updates, state = opt.update(jax.grad(loss)(params), state, params)
+      >>> new = optax.apply_updates(params, updates)
+      >>> bool((new[1].params[0] == params[1].params[0]).all())
+      True
     """
     return jax.tree_util.tree_map(
         lambda is_trainable: trainable if is_trainable else frozen,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,20 @@ _CONTROL_STYLE = {
 def plot_sweep(ax, result: ArchitectureResult) -> None:
     """Draw one architecture's errors vs width on a matplotlib `ax`."""
     frozen = result.frozen
+    rms = np.asarray(frozen.rms_errors)
+    if not (np.isfinite(rms).all() and (rms > 0).all()):  # nothing to put on log axes
+        ax.set_title(f"{result.name}: {frozen.verdict}", fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            textwrap.fill("; ".join(frozen.reasons) or "no finite errors", 40),
+            ha="center",
+            va="center",
+            fontsize=8,
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        return
     widths = np.asarray(frozen.widths)
     errors = [np.asarray(e) for e in frozen.single_draw_errors]
     median = np.array([np.median(e) for e in errors])
@@ -60,7 +75,6 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
                 **_CONTROL_STYLE.get(name, {}),
             )
     # n^{-1/2} through the geometric mean of the frozen RMS errors.
-    rms = np.asarray(frozen.rms_errors)
     anchor = np.exp(np.mean(np.log(rms) + 0.5 * np.log(widths)))
     ax.plot(
         widths,

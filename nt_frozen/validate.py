@@ -33,9 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from neural_tangents._src.stax.requirements import get_req, layer, requires
 
-from nt_frozen import stax
+from nt_frozen._compat import get_req, layer, requires, stax
 from nt_frozen.convergence import MAX_SCORE, agreement, relative_frobenius_error
 from nt_frozen.empirical import empirical_ntk_fn
 from nt_frozen.frozen import Frozen, Layer
@@ -350,7 +349,23 @@ def load_architecture(spec: str, input_shape: tuple[int, ...] = _MLP_INPUTS):
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name.partition(".")[0]:
+                raise  # the module exists, but an import inside it failed
+            path = Path(*module_name.split(".")).with_suffix(".py")
+            here = (
+                f"{path} is in the working directory, but that directory is not "
+                f"on Python's import path"
+                if path.is_file()
+                else "the working directory is not on Python's import path"
+            )
+            raise ImportError(
+                f"--arch {spec!r}: no module named {module_name!r} ({here}). Pass "
+                f"the file instead, --arch {path}:{function_name}, or set "
+                f"PYTHONPATH=. to import from the working directory."
+            ) from None
     build = getattr(module, function_name, None)
     if not callable(build):
         raise AttributeError(
@@ -437,8 +452,13 @@ class ArchitectureResult:
 
 
 def log_log_slope(widths: Sequence[int], errors: Sequence[float]) -> float:
-    """Least-squares slope of `log(errors)` against `log(widths)`."""
-    return float(np.polyfit(np.log(widths), np.log(errors), 1)[0])
+    """Least-squares slope of `log(errors)` against `log(widths)` (NaN if an
+    error is zero: no slope is defined, and `compare` FAILs on it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(errors)
+    if not np.isfinite(logs).all():
+        return float("nan")
+    return float(np.polyfit(np.log(widths), logs, 1)[0])
 
 
 def _bootstrap_slope_se(widths, errors_per_width, rng) -> float:
@@ -476,6 +496,20 @@ def compare(
     """
     if len(widths) < 2:
         raise ValueError("the sweep needs at least 2 widths to fit a slope.")
+    undefined = _undefined_reason(widths, draws, analytic)
+    if undefined is not None:  # no statistic is defined: FAIL, and say why
+        nan = float("nan")
+        return Comparison(
+            widths=list(widths),
+            single_draw_errors=[[nan] * len(ds) for ds in draws],
+            mean_errors=[nan] * len(widths),
+            standard_errors=[nan] * len(widths),
+            scores=[nan] * len(widths),
+            slope=nan,
+            slope_se=nan,
+            verdict="FAIL",
+            reasons=[undefined],
+        )
     errors = [
         np.array([relative_frobenius_error(d, a) for d in ds])
         for ds, a in zip(draws, analytic)
@@ -491,6 +525,8 @@ def compare(
             f"slope {slope:+.2f} is not -1/2 within {tolerance:.2f} "
             f"(max({SLOPE_SIGMAS:g} bootstrap SE, {MIN_SLOPE_TOLERANCE:g}))"
         )
+    if not np.isfinite([slope, slope_se, *rms, *(st.score for st in stats)]).all():
+        reasons.append("a statistic is NaN or infinite, so nothing was checked")
     if stats[-1].score > MAX_SCORE:
         reasons.append(
             f"score {stats[-1].score:.1f} > {MAX_SCORE:g} at width {widths[-1]}: "
@@ -509,8 +545,24 @@ def compare(
     )
 
 
+def _undefined_reason(widths, draws, analytic) -> str | None:
+    """Why relative errors against `analytic` are undefined, if they are."""
+    for width, ds, a in zip(widths, draws, analytic):
+        if not np.isfinite(a).all():
+            return f"the analytic kernel at width {width} has NaN or inf entries"
+        if not np.any(a):
+            return (
+                f"the analytic kernel at width {width} is zero, so relative "
+                f"errors are undefined (is every layer frozen? Then the NTK is 0 "
+                f"at any width, and there is nothing to validate)"
+            )
+        if not np.isfinite(ds).all():
+            return f"the empirical draws at width {width} have NaN or inf entries"
+    return None
+
+
 def empirical_draws_fn(
-    arch: Architecture, width: int, samples: int, implementation: int = 2
+    arch: Architecture, width: int, samples: int, implementation: int | None = None
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Jitted `(key, x) -> (samples, *ntk.shape)`: one compile per width.
 
@@ -540,7 +592,7 @@ def sweep_architecture(
     widths: Sequence[int],
     samples: int,
     key: jax.Array,
-    implementation: int = 2,
+    implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> ArchitectureResult:
     """Run the sweep for one architecture; see the module docstring."""
@@ -585,7 +637,7 @@ def run_validation(
     widths: Sequence[int],
     samples: int = 8,
     seed: int = 0,
-    implementation: int = 2,
+    implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> list[ArchitectureResult]:
     """Sweep every architecture over `widths` with `samples` draws per width.

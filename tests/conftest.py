@@ -61,3 +61,16 @@ def rel_err(a, b) -> float:
     """Relative Frobenius error ||a - b|| / ||b||."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def relu_arccos(gram):
+    """ReLU's NNGP map and derivative kernel, in float64 numpy (the arc-cosine
+    kernels of Cho & Saul 2009), for a full covariance `gram` over all points."""
+    gram = np.asarray(gram, np.float64)
+    norms = np.sqrt(np.diag(gram))
+    prod = np.outer(norms, norms)
+    cos = np.clip(gram / prod, -1.0, 1.0)
+    np.fill_diagonal(cos, 1.0)  # exactly, so that arccos does not amplify rounding
+    theta = np.arccos(cos)
+    nngp = prod * (np.sin(theta) + (np.pi - theta) * cos) / (2 * np.pi)
+    return nngp, (np.pi - theta) / (2 * np.pi)

@@ -69,11 +69,33 @@ def residual():
     ]
 
 
+def repeated():
+    # `repeat` is one layer: its parameters (all repetitions) form one row.
+    return [
+        stax.Dense(8, W_std=1.2, b_std=0.2),
+        stax.repeat(stax.serial(stax.Erf(), stax.Dense(8, W_std=1.6, b_std=0.3)), 2),
+        stax.Relu(),
+        stax.Dense(1, W_std=0.9, b_std=0.1),
+    ]
+
+
+def attention():
+    return [
+        stax.Dense(4, W_std=1.3, b_std=0.2),
+        stax.GlobalSelfAttention(4, 4, 4, n_heads=2, W_out_std=1.4, b_std=0.1),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1, W_std=1.1, b_std=0.1),
+    ]
+
+
 FAMILIES = {
     "mlp": (deep_mlp, (3,), (0, 2, 4, 6)),
     "mlp-standard": (lambda: deep_mlp("standard"), (3,), (0, 2, 4, 6)),
     "cnn": (cnn, (4, 4, 2), (0, 2, 6)),
     "residual": (residual, (3,), (0, 2, 5)),
+    "repeat": (repeated, (3,), (0, 1, 3)),
+    "attention": (attention, (3, 2), (0, 1, 4)),
 }
 
 
@@ -115,6 +137,8 @@ def analytic(family: str, dtype: str):
     make, shape, param_layers = FAMILIES[family]
     x1, x2 = inputs(shape, same=False)
     decomposition = ntk_decomposition(make())
+    # The first layer with parameters in no group: frozen in every row.
+    tail = ntk_decomposition(make(), [[i] for i in param_layers[1:]])
 
     def everything(x1, x2):
         results = {
@@ -129,6 +153,7 @@ def analytic(family: str, dtype: str):
                 stax.serial(*frozen_but(make(), {i}))[2](x1, x2, "ntk")
                 for i in param_layers
             ]
+            results["x2"]["tail"] = tail(x1, x2)
         return results
 
     return decomposition, fast_jit(everything, x1, x2)
@@ -165,6 +190,50 @@ def test_each_contribution_is_ntk_of_frozen_network(family, x64):
     assert len(frozen) == len(parts)
     for part, expected, group in zip(parts, frozen, decomposition.groups):
         np.testing.assert_allclose(part, expected, rtol=1e-12, err_msg=group.label)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ungrouped_leading_layer_is_in_no_row(family, x64):
+    """The first layer with parameters is in no group: its own term must not
+    reach the first group's row (every row is the NTK of the network with
+    that layer frozen too)."""
+    _, results = analytic(family, "float64")
+    tail, frozen = results["x2"]["tail"], results["x2"]["frozen"]
+    assert len(tail) == len(frozen) - 1
+    for row, expected in zip(tail, frozen[1:]):
+        np.testing.assert_allclose(row, expected, rtol=1e-12)
+
+
+def issue_layers():
+    return [
+        stax.Dense(64, W_std=1.3, b_std=0.1),
+        stax.Relu(),
+        stax.Dense(64, W_std=1.4, b_std=0.2),
+        stax.Relu(),
+        stax.Dense(1, W_std=0.9, b_std=0.3),
+    ]
+
+
+def test_readout_and_body_rows_with_a_leading_layer_in_no_group(x64):
+    """The reported case: `{"readout": -1}` gave the full NTK, and the body
+    row of `{"body": [2], "readout": -1}` was off by 0.92 (relative)."""
+    x1, x2 = inputs((3,), same=False, n1=5, n2=4)
+    readout_only = ntk_decomposition(issue_layers(), {"readout": -1})
+    body_readout = ntk_decomposition(issue_layers(), {"body": [2], "readout": -1})
+
+    def ntk_training(keep):
+        return stax.serial(*frozen_but(issue_layers(), keep))[2](x1, x2, "ntk")
+
+    (readout, parts), (want_readout, want_body, full) = fast_jit(
+        lambda: (
+            (readout_only(x1, x2), body_readout(x1, x2)),
+            (ntk_training({4}), ntk_training({2}), ntk_training({0, 2, 4})),
+        )
+    )
+    assert rel_err(want_readout, full) > 0.1  # the references can tell
+    np.testing.assert_allclose(readout[0], want_readout, rtol=1e-12)
+    np.testing.assert_allclose(parts[0], want_body, rtol=1e-12)
+    np.testing.assert_allclose(parts[1], want_readout, rtol=1e-12)
 
 
 def test_user_groups_named_unnamed_and_partial(x64):
@@ -311,6 +380,8 @@ EMPIRICAL = {
     "mlp": (lambda: deep_mlp(depth=2), (3,), (0, 2, 4), SECONDS),
     "cnn": (*FAMILIES["cnn"], ("x2",)),
     "residual": (*FAMILIES["residual"], SECONDS),
+    "repeat": (*FAMILIES["repeat"], ("x2",)),
+    "attention": (*FAMILIES["attention"], ("x2",)),
 }
 
 
@@ -322,7 +393,8 @@ def empirical(family: str):
     init_fn, apply_fn, _ = stax.serial(*make())
     x1, x2 = inputs(shape, same=False)
     _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
-    decomposition = empirical_ntk_decomposition(apply_fn)
+    decomposition = empirical_ntk_decomposition(make())
+    tail = empirical_ntk_decomposition(make(), param_layers[1:])
     # the same values, with every layer but one frozen
     only = {}
     for i in param_layers:
@@ -340,6 +412,7 @@ def empirical(family: str):
             if name in seconds
         }
         results["x2"]["ours"] = empirical_ntk_fn(apply_fn)(x1, x2, params)
+        results["x2"]["tail"] = tail(x1, x2, params)
         results["x2"]["only"] = [
             empirical_ntk_fn(only[i][0])(x1, x2, only_params[i]) for i in param_layers
         ]
@@ -357,7 +430,12 @@ def test_empirical_decomposition(family, second, x64):
     decomposition, results = empirical(family)
     param_layers = EMPIRICAL[family][2]
     parts = results[second]["parts"]
-    assert decomposition.labels == tuple(str(i) for i in param_layers)
+    # made from the layers, it labels its rows as the analytic decomposition
+    analytic_labels = ntk_decomposition(EMPIRICAL[family][0]()).resolve(
+        inputs(EMPIRICAL[family][1], same=True)[0].shape
+    )
+    assert decomposition.labels == tuple(g.label for g in analytic_labels)
+    assert [g.indices for g in decomposition.groups] == [(i,) for i in param_layers]
     assert parts.shape == (len(param_layers), *results[second]["nt"].shape)
     np.testing.assert_allclose(parts.sum(0), results[second]["nt"], rtol=1e-12)
     for part in parts:
@@ -366,6 +444,9 @@ def test_empirical_decomposition(family, second, x64):
         np.testing.assert_allclose(parts.sum(0), results["x2"]["ours"], rtol=1e-12)
         for part, expected, i in zip(parts, results["x2"]["only"], param_layers):
             np.testing.assert_allclose(part, expected, rtol=1e-12, err_msg=str(i))
+        # the first layer with parameters in no group: in no row
+        for part, expected in zip(results["x2"]["tail"], results["x2"]["only"][1:]):
+            np.testing.assert_allclose(part, expected, rtol=1e-12)
 
 
 def test_empirical_frozen_layers_groups_and_options(x64):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import rel_err, relu_arccos
 
 from nt_frozen import Frozen, nt, stax
 
@@ -111,6 +111,14 @@ def inputs(shape, n1=4, n2=3, same=False):
     return x1, x2
 
 
+def gram_blocks(x1, x2):
+    """Input NNGP `x x'^T / d` over all points (x1 then x2), float64, and the
+    slice of the (x1, x2) block."""
+    x = np.concatenate([x1, x1 if x2 is None else x2]).astype(np.float64)
+    n1 = len(x1)
+    return x @ x.T / x.shape[1], (slice(0, n1), slice(n1, None))
+
+
 def freeze_all_but(layers, keep: set[int]):
     return [lyr if i in keep else Frozen(lyr) for i, lyr in enumerate(layers)]
 
@@ -177,10 +185,17 @@ def test_readout_only_is_nngp(family, dtype, same):
     net = stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])
     k = net[2](x1, x2, ("nngp", "ntk"))
     if family.endswith("standard"):
-        # Standard parameterization: the readout's own term is nngp_in + 1, not
-        # W_std^2 nngp_in + b_std^2; take it from the unfrozen layer with zero ntk_in.
-        k_in = stax.serial(*layers[:-1])[2](x1, x2)
-        expected = layers[-1][2](k_in.replace(ntk=jnp.zeros_like(k_in.ntk))).ntk
+        # Standard parameterization: the readout's own term is
+        # n_in * nngp_in + 1 (finite fan-in n_in = 16), not W_std^2 nngp_in +
+        # b_std^2. Closed form, float64, independent of NT: ReLU arc-cosine maps.
+        gram, block = gram_blocks(x1, x2)
+        hidden, _ = relu_arccos(1.2**2 * gram + 0.3**2)
+        hidden, _ = relu_arccos(W_STD**2 * hidden + B_STD**2)
+        expected = (16 * hidden + 1.0)[block]
+        np.testing.assert_allclose(
+            k.nngp, (0.9**2 * hidden + 0.2**2)[block], rtol=tol(dtype)
+        )
+        assert rel_err(expected, k.nngp) > 0.5  # the NTK-parameterization rule fails
     else:
         expected = k.nngp
     np.testing.assert_allclose(k.ntk, expected, rtol=tol(dtype), atol=tol(dtype))
@@ -193,24 +208,35 @@ def test_readout_only_is_nngp(family, dtype, same):
 def test_frozen_dense_scales_ntk_by_w_std_squared(
     dtype, parameterization, frozen_b_std
 ):
+    """Frozen Dense: ntk_out = W_std^2 ntk_in, against a float64 closed form of
+    ntk_in (Dense(32, b_std=0.5) then ReLU, independent of NT)."""
     x1, x2 = inputs((4,))
     pre = stax.serial(
         stax.Dense(32, b_std=0.5, parameterization=parameterization),
         stax.Relu(),
     )
-    frozen = Frozen(
-        stax.Dense(
-            32, W_std=W_STD, b_std=frozen_b_std, parameterization=parameterization
-        )
+    dense = stax.Dense(
+        32, W_std=W_STD, b_std=frozen_b_std, parameterization=parameterization
     )
     ntk_in = pre[2](x1, x2, "ntk")
-    ntk_out = stax.serial(pre, frozen)[2](x1, x2, "ntk")
+    ntk_out = stax.serial(pre, Frozen(dense))[2](x1, x2, "ntk")
+
+    gram, block = gram_blocks(x1, x2)
+    _, relu_derivative = relu_arccos(gram + 0.5**2)
+    # The first Dense's own term: its output NNGP (NTK parameterization), or
+    # fan-in d = 4 times its input NNGP plus 1 for the bias (standard).
+    own = gram + 0.5**2 if parameterization == "ntk" else 4 * gram + 1.0
+    closed_in = (relu_derivative * own)[block]
+    np.testing.assert_allclose(ntk_in, closed_in, rtol=tol(dtype))
+    np.testing.assert_allclose(ntk_out, W_STD**2 * closed_in, rtol=tol(dtype))
     # float32 with b_std=1e3: the own term is ~1e6 times larger than W^2 ntk_in;
-    # no cancellation is allowed (DESIGN.md 2).
+    # no cancellation is allowed (DESIGN.md 2): as exact as ntk_in itself.
     np.testing.assert_allclose(
         ntk_out, W_STD**2 * ntk_in, rtol=2e-6 if dtype == "float32" else 1e-12
     )
-    assert rel_err(ntk_in, W_STD**2 * ntk_in) > 0.5  # the identity guess fails
+    # Neither the identity guess nor the unfrozen layer's NTK passes.
+    assert rel_err(ntk_out, ntk_in) > 0.5
+    assert rel_err(ntk_out, stax.serial(pre, dense)[2](x1, x2, "ntk")) > 0.05
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -266,6 +292,7 @@ def test_get_subsets_and_jit(same):
     np.testing.assert_allclose(both.cov1, k.cov1, rtol=1e-4)
 
 
+@pytest.mark.compat_matrix
 def test_nt_batch_matches_unbatched():
     x1, x2 = inputs((4, 4, 2), n1=6, n2=4)
     layers = cnn_layers()
@@ -278,6 +305,7 @@ def test_nt_batch_matches_unbatched():
     np.testing.assert_allclose(batched.nngp, full.nngp, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.compat_matrix
 def test_nt_batch_on_several_devices():
     script = textwrap.dedent(
         """
@@ -344,7 +372,7 @@ def test_masking(x64):
 
 def test_diagonal_requirements_propagate():
     """A frozen layer keeps the wrapped layer's input requirements."""
-    from neural_tangents._src.stax.requirements import get_req
+    from nt_frozen._compat import get_req
 
     for lyr in [
         stax.Conv(4, (2, 2)),

@@ -91,8 +91,67 @@ def test_freeze_like_and_errors():
         merge(other_trainable, frozen)
 
 
+def _l2_adam_steps(opt, n_steps=5):
+    """`n_steps` of `opt` on a loss with an L2 term on *all* parameters, whose
+    gradient reaches frozen leaves too (outside `apply_fn`'s stop-gradient).
+    Returns the parameters before and after."""
+    init_fn, apply_fn, _ = _mlp_frozen_middle(16)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+
+    def loss(p):
+        l2 = sum(jnp.sum(w**2) for w in jax.tree_util.tree_leaves(p))
+        return jnp.mean((apply_fn(p, x) - 1.0) ** 2) + 1e-2 * l2
+
+    opt = opt(params)
+    state, new = opt.init(params), params
+    for _ in range(n_steps):
+        updates, state = opt.update(jax.grad(loss)(new), state, new)
+        new = optax.apply_updates(new, updates)
+    return params, new
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        lambda p: optax.multi_transform(
+            {"trainable": optax.adam(0.1), "frozen": optax.set_to_zero()}, labels(p)
+        ),
+        lambda p: optax.chain(
+            optax.adam(0.1), optax.masked(optax.set_to_zero(), nt_frozen.frozen_mask(p))
+        ),
+    ],
+    ids=["multi_transform-labels", "set_to_zero-frozen_mask"],
+)
+def test_optax_recipes_keep_frozen_leaves_fixed_under_l2(recipe):
+    """The README's recipes: 5 Adam steps with an L2 term on all parameters
+    leave frozen leaves bit-for-bit unchanged and move the trainable ones."""
+    params, new = _l2_adam_steps(recipe)
+    assert _leaves_equal(split(new)[1], split(params)[1])
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(jnp.abs(a - b).max()), split(new)[0], split(params)[0]
+    )
+    assert min(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_optax_masked_alone_moves_frozen_leaves():
+    """Why the README does not recommend `optax.masked(opt, trainable_mask)`:
+    masked-out leaves get the raw gradient as their update, so the L2 term
+    moves frozen weights. The recipes' test above can therefore fail."""
+    params, new = _l2_adam_steps(
+        lambda p: optax.masked(optax.adam(0.1), trainable_mask(p))
+    )
+    frozen_before = jax.tree_util.tree_leaves(split(params)[1])
+    frozen_after = jax.tree_util.tree_leaves(split(new)[1])
+    assert (
+        max(float(jnp.abs(a - b).max()) for a, b in zip(frozen_after, frozen_before))
+        > 1e-3
+    )
+
+
 def test_optax_adamw_with_mask_keeps_frozen_bits():
-    """adamw with weight decay, masked: frozen weights bit-for-bit unchanged."""
+    """adamw with weight decay on trainable leaves only, frozen leaves set to
+    zero updates: frozen weights bit-for-bit unchanged, the loss goes down."""
     init_fn, apply_fn, _ = stax.serial(
         stax.Dense(64, b_std=0.1),
         stax.Relu(),
@@ -103,7 +162,13 @@ def test_optax_adamw_with_mask_keeps_frozen_bits():
     x = jax.random.normal(jax.random.PRNGKey(0), (32, 4))
     y = jnp.sin(x.sum(1, keepdims=True))
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
-    opt = optax.masked(optax.adamw(1e-2, weight_decay=0.1), trainable_mask(params))
+    opt = optax.multi_transform(
+        {
+            "trainable": optax.adamw(1e-2, weight_decay=0.1),
+            "frozen": optax.set_to_zero(),
+        },
+        labels(params),
+    )
     state = opt.init(params)
 
     def loss(p):
@@ -177,6 +242,7 @@ def _cnn_frozen_middle():
     )
 
 
+@pytest.mark.compat_matrix
 @pytest.mark.parametrize("implementation", [1, 2, 3])
 @pytest.mark.parametrize(
     "make, shape",
@@ -230,6 +296,7 @@ def test_empirical_kernel_fn_get_and_all_frozen():
     assert zero.shape == (4, 4)
 
 
+@pytest.mark.compat_matrix
 def test_monte_carlo_kernel_fn_matches_average_of_draws():
     init_fn, apply_fn, _ = _mlp_frozen_middle(64)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))

@@ -30,6 +30,11 @@ def good(width, freeze=Frozen):
     )
 
 
+def all_frozen(width):
+    """Every layer frozen: the NTK is 0, relative errors are undefined."""
+    return Frozen(good(width))
+
+
 def wrong(width):
     """Frozen network, but the kernel of the unfrozen one: must FAIL."""
     init_fn, apply_fn, _ = good(width)
@@ -101,7 +106,7 @@ def test_user_module_by_import_name(tmp_path, monkeypatch, capsys):
     "args, message",
     [
         (["--arch", "mlp"], "unknown architecture 'mlp'"),
-        (["--arch", "no_such_module_xyz:f"], "No module named 'no_such_module_xyz'"),
+        (["--arch", "no_such_module_xyz:f"], "no module named 'no_such_module_xyz'"),
         (["--arch", "missing.py:f"], "no file missing.py"),
         (["--widths", "128"], "at least 2 distinct --widths"),
         (["--samples", "1"], "--samples must be at least 2"),
@@ -166,3 +171,80 @@ def test_identity_guess_is_undefined_across_shape_changes():
     _, _, kernel_fn = stax.serial(stax.Dense(4), IdentityGuess(stax.AvgPool((2,))))
     with pytest.raises(ValueError, match="'unchanged' is undefined"):
         kernel_fn(jnp.ones((2, 4, 3)), None, "ntk")
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in {path}: not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_layer_frozen_fails_with_a_reason_and_strict_json(tmp_path, capsys):
+    """NTK 0: no statistic is defined. The verdict must be FAIL with the
+    reason, the exit code 1, and the JSON free of NaN."""
+    nets = tmp_path / "my_nets.py"
+    nets.write_text(USER_MODULE)
+    out = tmp_path / "out"
+    code = main(["validate", *SMALL, "--out", str(out), "--arch", f"{nets}:all_frozen"])
+    stdout = capsys.readouterr().out
+    assert code == 1, stdout
+    assert f"FAIL  {nets}:all_frozen" in stdout
+    assert "is zero, so relative errors are undefined" in stdout
+    report = _strict_json(out / "validation.json")
+    frozen = report["architectures"][0]["frozen"]
+    assert frozen["verdict"] == "FAIL" and frozen["slope"] is None
+    assert "is zero" in frozen["reasons"][0]
+    assert report["passed"] is False
+
+
+def test_compare_fails_on_nan_and_zero_kernels():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    k = np.eye(4) + 0.5
+    widths = [256, 1024, 4096]
+    draws = [k + rng.normal(size=(8, 4, 4)) / np.sqrt(n) for n in widths]
+    assert compare(widths, draws, [k] * 3).verdict == "PASS"  # the control
+    nan_draws = [d.copy() for d in draws]
+    nan_draws[1][3, 0, 0] = np.nan
+    nan_kernel = [k, k, np.full_like(k, np.nan)]
+    zero = [np.zeros_like(k)] * 3
+    cases = {
+        "empirical draws at width 1024 have NaN": compare(widths, nan_draws, [k] * 3),
+        "analytic kernel at width 4096 has NaN": compare(widths, draws, nan_kernel),
+        "analytic kernel at width 256 is zero": compare(widths, draws, zero),
+        # finite inputs, undefined statistic: zero errors have no log-log slope
+        "a statistic is NaN or infinite": compare(
+            widths, [np.stack([k, k])] * 3, [k] * 3
+        ),
+    }
+    for reason, case in cases.items():
+        assert case.verdict == "FAIL" and reason in case.reasons[0], case.reasons
+
+
+def test_unwritable_out_exits_before_the_sweep(tmp_path, monkeypatch):
+    import nt_frozen.validate
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep ran before --out was checked")
+
+    monkeypatch.setattr(nt_frozen.validate, "run_validation", no_sweep)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv = ["validate", *SMALL, "--arch", "mlp-frozen-last"]
+    with pytest.raises(SystemExit, match="--out .*cannot write there"):
+        main([*argv, "--out", str(blocker / "sub")])
+
+
+def test_arch_module_not_on_the_import_path_suggests_the_file(tmp_path, monkeypatch):
+    (tmp_path / "nets_in_cwd.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    here = {"", ".", str(tmp_path)}
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in here])
+    argv = ["validate", *SMALL, "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--arch", "nets_in_cwd:good"])
+    message = str(exit_info.value)
+    assert "not on Python's import path" in message
+    assert "--arch nets_in_cwd.py:good" in message
