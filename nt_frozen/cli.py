@@ -5,7 +5,9 @@
     nt-frozen validate --arch my_nets.py:wide_resnet --input-shape 4,8,8,3
 
 Writes `validation.json` and `validation.png` to `--out` and exits with 0 when
-every architecture PASSes and every control FAILs, 1 otherwise.
+every architecture PASSes and every control FAILs, 1 otherwise. Each finished
+width is saved to `--out`/widths as the sweep goes; `--resume` continues an
+interrupted sweep from there.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
-import json
 import math
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -87,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=Path("out/validate"),
-        help="folder for validation.json and validation.png (default out/validate)",
+        help="folder for validation.json and validation.png (default "
+        "out/validate); each finished width is saved in its widths/ subfolder "
+        "as the sweep goes, and removed once validation.json is written",
+    )
+    validate.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep from the widths saved in --out "
+        "(same draws as an uninterrupted run); refused if they were computed "
+        "with other settings (architectures, input shape, --samples, --seed, "
+        "--x64, --implementation, device kind, package versions)",
     )
     validate.add_argument(
         "--device",
@@ -257,7 +269,12 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     from nt_frozen.plots import save_sweep_figure
-    from nt_frozen.validate import ARCHITECTURES, load_architecture, run_validation
+    from nt_frozen.validate import (
+        ARCHITECTURES,
+        load_architecture,
+        run_validation,
+        write_json_atomic,
+    )
 
     if args.list_archs:
         for arch in ARCHITECTURES.values():
@@ -277,6 +294,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise SystemExit(f"nt-frozen validate: {e}") from None
 
     _check_writable(args.out)  # before the sweep, not after it
+    checkpoint = args.out / "widths"
     device = _select_device(args.device)
     meta = _metadata(args, argv, device)
     print(
@@ -302,9 +320,27 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
             bar.set_postfix_str(f"{name} n={width}")
             bar.update(1)
 
-        results = run_validation(
-            archs, widths, args.samples, args.seed, args.implementation, progress
-        )
+        try:
+            results = run_validation(
+                archs,
+                widths,
+                args.samples,
+                args.seed,
+                args.implementation,
+                progress,
+                checkpoint,
+                args.resume,
+            )
+        except ValueError as e:  # a checkpoint that cannot be resumed
+            raise SystemExit(f"nt-frozen validate: {e}") from None
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"\ninterrupted: the finished widths are saved in {checkpoint}; "
+                f"rerun with --resume to continue.",
+                file=sys.stderr,
+            )
+            return 130
     elapsed = time.perf_counter() - start
 
     print(_format_table(results, ""))
@@ -315,10 +351,12 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "passed": all(r.ok for r in results),
         "architectures": [r.to_json() for r in results],
     }
-    json_path = args.out / "validation.json"
     # Strict JSON: an undefined statistic is null (its verdict says why).
-    json_path.write_text(json.dumps(_finite_or_null(report), indent=1, allow_nan=False))
+    json_path = write_json_atomic(
+        args.out / "validation.json", _finite_or_null(report), indent=1, allow_nan=False
+    )
     png_path = save_sweep_figure(results, args.out / "validation.png")
+    shutil.rmtree(checkpoint)  # validation.json now holds every width's result
     print(f"\nwrote {json_path} and {png_path} ({elapsed:.0f} s)")
     return 0 if report["passed"] else 1
 

@@ -611,7 +611,7 @@ def ntk_plan(
       >>> _, params = init_fn(jax.random.PRNGKey(1), x.shape)
       >>> plan = ntk_plan(apply_fn, x, None, params)
       >>> plan.path, [leaf.method for leaf in plan.leaves]
-      ('structured', ['gram', 'jacobian', 'gram', 'jacobian'])
+      ('structured', ['gram', 'gram'])
     """
     return _analyse(
         apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
@@ -679,10 +679,10 @@ def _gram_ntk(d1, d2, a1, a2, scale, trace, diagonal, fx_ndim):
 
 
 def _structured_blocks(
-    analysis: _Analysis, x1, x2, blocks, trace_axes, diagonal_axes, rates
+    analysis: _Analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
 ):
     """Per block (a set of leaf indices), the NTK of its matched leaves, each
-    weighted by its learning rate `rates[leaf]` (`LearningRate`)."""
+    weighted by its learning rate (Θ = Σ rate · J Jᵀ)."""
     prog, targets = analysis.prog, analysis.targets
     leaves = analysis.leaves
     x = x1 if x2 is None else jnp.concatenate([x1, x2.astype(x1.dtype)])
@@ -746,8 +746,8 @@ def _structured_blocks(
             j1, j2 = split_examples(jac, 0)
             param_axes = list(range(fx_ndim, jac.ndim))
             ntk = _dot_general(j1, j2, trace + param_axes, diagonal)
-        rate = rates[t.leaf]  # Θ = Σ rate · J Jᵀ (1: unrated, left as is)
-        contributions[t.leaf] = ntk / size if rate == 1.0 else rate * ntk / size
+        rate = rates[t.leaf]
+        contributions[t.leaf] = ntk / size if rate == 1.0 else (rate / size) * ntk
     parts = [
         [contributions[i] for i in block if i in contributions] for block in blocks
     ]
@@ -783,20 +783,21 @@ def _nt_block_ntk(
     x1,
     x2,
     block,
+    rates,
     trace_axes,
     diagonal_axes,
     nt_options,
     kwargs,
-    rates,
 ):
     """NT's NTK of the leaves in `block` (others, frozen included, constant),
-    each leaf's Jacobian scaled by `sqrt(rates[leaf])` (`LearningRate`)."""
+    each leaf's Jacobian scaled by the square root of its learning rate."""
     leaves, treedef = analysis.leaves, analysis.treedef
     plan = analysis.plan
 
     def apply_block(sub, x, **kw):
         full = list(leaves)
         for i, value in zip(block, sub):
+            # Same value, derivative scaled by sqrt(rate) (`LearningRate`).
             full[i] = scale_jacobian(value, rates[i])
         return apply_fn(jax.tree_util.tree_unflatten(treedef, full), x, **kw)
 
@@ -831,8 +832,8 @@ def block_ntks(
     unmatched leaves go to NT block by block.
     """
     mask = jax.tree_util.tree_leaves(trainable_mask(params))
+    rates = jax.tree_util.tree_leaves(learning_rates(params))
     blocks = [[i for i in block if mask[i]] for block in blocks]
-    rates = jax.tree_util.tree_leaves(learning_rates(params))  # one per leaf
     analysis = _analyse(
         apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
     )
@@ -842,7 +843,7 @@ def block_ntks(
     structured = [None] * len(blocks)
     if analysis.targets:
         structured = _structured_blocks(
-            analysis, x1, x2, blocks, trace_axes, diagonal_axes, rates
+            analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
         )
     results = []
     for block, ntk in zip(blocks, structured):
@@ -854,11 +855,11 @@ def block_ntks(
                 x1,
                 x2,
                 rest,
+                rates,
                 trace_axes,
                 diagonal_axes,
                 nt_options or {},
                 apply_fn_kwargs,
-                rates,
             )
             ntk = theirs if ntk is None else ntk + theirs
         if ntk is None:

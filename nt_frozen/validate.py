@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
+import json
+import os
+import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -587,6 +592,104 @@ def analytic_ntk(arch: Architecture, width: int, x, freeze=Frozen) -> np.ndarray
     return np.asarray(arch.network(width, freeze)[2](x, None, "ntk"))
 
 
+def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
+    """Write `value` as JSON to `path` so that `path` is never half-written.
+
+    The text goes to a temporary file in the same folder first, then
+    `os.replace` (atomic on POSIX and Windows) puts it in place: a reader sees
+    the old file or the whole new one, even if the process is killed.
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> path = Path(tempfile.mkdtemp()) / "a.json"
+      >>> json.loads(write_json_atomic(path, {"a": 1}).read_text())
+      {'a': 1}
+    """
+    path = Path(path)
+    text = json.dumps(value, **dumps_kwargs)
+    # A name `*.json` never matches the temporary file, so a leftover one (a
+    # kill between write and replace) is never read as finished.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sweep_settings(
+    architectures: Sequence[Architecture],
+    samples: int,
+    seed: int,
+    implementation: int | None = None,
+) -> dict[str, Any]:
+    """What determines a sweep's draws: saved widths resume only under equal
+    settings (the widths themselves may differ: each width's draws depend on
+    the seed, the architecture's position and the width only)."""
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    [device] = jnp.zeros(()).devices()  # the default device, honouring contexts
+    return {
+        "architectures": [
+            {
+                "name": a.name,
+                "input_shape": list(a.input_shape),
+                "width_divisor": a.width_divisor,
+            }
+            for a in architectures
+        ],
+        "samples": samples,
+        "seed": seed,
+        "implementation": implementation,
+        "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
+        "device_kind": getattr(device, "device_kind", device.platform),
+        "versions": {
+            name: version(name)
+            for name in ("nt-frozen", "jax", "jaxlib", "neural-tangents", "numpy")
+        },
+    }
+
+
+def _width_path(folder: Path, index: int, arch: Architecture, width: int) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch.name)
+    return folder / f"{index:02d}-{name}-n{width}.json"
+
+
+def _load_width(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A saved width's kernels, refusing one saved under other settings."""
+    try:
+        saved = json.loads(path.read_text())
+        saved_settings = saved["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"cannot read the saved width {path} ({e}); delete it to recompute "
+            f"that width."
+        ) from None
+    differ = [
+        f"{k} {saved_settings.get(k)!r} (saved) vs {settings[k]!r} (now)"
+        for k in settings
+        if saved_settings.get(k) != settings[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"cannot resume from {path.parent}: its widths were computed with "
+            f"other settings ({'; '.join(differ)}). Rerun with the saved "
+            f"settings, or write to another folder."
+        )
+    return saved
+
+
 def sweep_architecture(
     arch: Architecture,
     widths: Sequence[int],
@@ -594,23 +697,40 @@ def sweep_architecture(
     key: jax.Array,
     implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    save: Callable[[int, dict[str, Any]], None] | None = None,
+    load: Callable[[int], dict[str, Any] | None] | None = None,
 ) -> ArchitectureResult:
-    """Run the sweep for one architecture; see the module docstring."""
+    """Run the sweep for one architecture; see the module docstring.
+
+    `save(width, kernels)` is called with each finished width's kernels;
+    `load(width)` returns a saved width's kernels (or None to compute it).
+    """
     start = time.perf_counter()
     x_key, draw_key = jax.random.split(key)
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     x = jax.random.normal(x_key, arch.input_shape, dtype)
     layer_widths = [arch.layer_width(w) for w in widths]
+    names = ["frozen", *arch.control_names] if arch.has_controls else ["frozen"]
     draws, analytic = [], {"frozen": []} | {c: [] for c in arch.control_names}
     for width in widths:
-        draws_fn = empirical_draws_fn(arch, width, samples, implementation)
-        # One host transfer per width, after all draws.
-        draws.append(np.asarray(draws_fn(jax.random.fold_in(draw_key, width), x)))
-        analytic["frozen"].append(analytic_ntk(arch, width, x))
-        if arch.has_controls:
-            for name in arch.control_names:
-                control = arch.control_network(name, width)
-                analytic[name].append(np.asarray(control[2](x, None, "ntk")))
+        saved = None if load is None else load(width)
+        if saved is None:
+            draws_fn = empirical_draws_fn(arch, width, samples, implementation)
+            # One host transfer per width, after all draws.
+            d = np.asarray(draws_fn(jax.random.fold_in(draw_key, width), x))
+            a = {"frozen": analytic_ntk(arch, width, x)} | {
+                name: np.asarray(arch.control_network(name, width)[2](x, None, "ntk"))
+                for name in names[1:]
+            }
+            if save is not None:
+                save(width, {"draws": d, "analytic": a})
+        else:
+            np_dtype = np.dtype(saved["dtype"])
+            d = np.asarray(saved["draws"], np_dtype)
+            a = {k: np.asarray(v, np_dtype) for k, v in saved["analytic"].items()}
+        draws.append(d)
+        for name in names:
+            analytic[name].append(a[name])
         if progress is not None:  # called once per finished (architecture, width)
             progress(arch.name, arch.layer_width(width))
 
@@ -639,8 +759,18 @@ def run_validation(
     seed: int = 0,
     implementation: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> list[ArchitectureResult]:
     """Sweep every architecture over `widths` with `samples` draws per width.
+
+    With a `checkpoint` folder, each finished (architecture, width) is written
+    there at once (atomically, with the kernels and the `sweep_settings`), so
+    an interrupted sweep loses at most the width in progress. `resume=True`
+    reads the widths saved there instead of recomputing them (the draws are
+    the same: each width's key is derived from `seed`), and refuses a folder
+    saved under other settings; without it, a folder holding saved widths is
+    refused rather than overwritten.
 
     Example:
       >>> from nt_frozen.validate import ARCHITECTURES, run_validation
@@ -650,12 +780,57 @@ def run_validation(
       ('PASS', 'FAIL')
     """
     if samples < 2:
-        raise ValueError("--samples must be at least 2 (the noise is estimated).")
+        raise ValueError(
+            f"samples={samples}: must be at least 2 (the noise is estimated)."
+        )
+    architectures = list(architectures)
     widths = sorted(set(int(w) for w in widths))
     key = jax.random.PRNGKey(seed)
-    return [
-        sweep_architecture(
-            arch, widths, samples, jax.random.fold_in(key, i), implementation, progress
+    folder = None if checkpoint is None else Path(checkpoint)
+    settings = sweep_settings(architectures, samples, seed, implementation)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = sorted(folder.glob("*.json"))
+        if saved and not resume:
+            raise ValueError(
+                f"checkpoint {folder} holds {len(saved)} saved width(s) of an "
+                f"earlier sweep: resume it (resume=True, --resume), or delete the "
+                f"folder to start afresh."
+            )
+        for path in saved:  # refuse mixed settings before any work
+            _load_width(path, settings)
+
+    results = []
+    for i, arch in enumerate(architectures):
+        save = load = None
+        if folder is not None:
+
+            def save(width, kernels, i=i, arch=arch):
+                a = kernels["analytic"]
+                record = {
+                    "settings": settings,
+                    "architecture": arch.name,
+                    "width": width,
+                    "dtype": kernels["draws"].dtype.name,
+                    "draws": kernels["draws"].tolist(),
+                    "analytic": {k: v.tolist() for k, v in a.items()},
+                }
+                write_json_atomic(_width_path(folder, i, arch, width), record)
+
+            def load(width, i=i, arch=arch):
+                path = _width_path(folder, i, arch, width)
+                return _load_width(path, settings) if path.exists() else None
+
+        results.append(
+            sweep_architecture(
+                arch,
+                widths,
+                samples,
+                jax.random.fold_in(key, i),
+                implementation,
+                progress,
+                save,
+                load,
+            )
         )
-        for i, arch in enumerate(architectures)
-    ]
+    return results

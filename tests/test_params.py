@@ -287,7 +287,7 @@ def test_empirical_kernel_fn_get_and_all_frozen():
         4,
         4,
     )
-    with pytest.raises(ValueError, match="get must name"):
+    with pytest.raises(ValueError, match="is not a kernel name here"):
         nt_frozen.empirical_kernel_fn(apply_fn)(x, None, "cov1", params)
     all_frozen = Frozen(_mlp_frozen_middle())
     _, p = all_frozen[0](jax.random.PRNGKey(0), x.shape)

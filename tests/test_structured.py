@@ -291,3 +291,15 @@ def test_jit_kwargs_and_errors():
         nt_frozen.empirical_ntk_fn(apply_fn, trace_axes=(), diagonal_axes=(0,))(
             x1, x2, params
         )
+
+
+def test_dense_over_positions_in_gram_form(x64):
+    # A Dense on (N, positions, features) inputs: NT contracts W on the left
+    # (z = [fan_out, N, positions]); wide enough for the Gram form to win.
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Dense(64, b_std=0.1), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(2)
+    )
+    x1, x2, params = draw(init_fn, (3, 4, 16))
+    plan = ntk_plan(apply_fn, x1, x2, params, trace_axes=())
+    assert methods(plan)[0] == "gram"
+    assert_equal_to_nt(apply_fn, x1, x2, params, trace_axes=())
