@@ -48,10 +48,10 @@ def _check_layer(candidate: Any, where: str = "Frozen") -> Layer:
         )
     if candidate and all(_looks_like_layer(item) for item in candidate):
         raise TypeError(
-            f"Frozen takes one layer, got a {type(candidate).__name__} of "
+            f"{where} takes one layer, got a {type(candidate).__name__} of "
             f"{len(candidate)} layer{'s' * (len(candidate) > 1)}. "
-            f"Freeze their composition: Frozen(stax.serial(...)) (or freeze each "
-            f"one, e.g. [Frozen(layer) for layer in layers])."
+            f"Wrap their composition: {where}(stax.serial(...)) (or wrap each "
+            f"one, e.g. [{where}(layer) for layer in layers])."
         )
     if len(candidate) != 3:
         hint = (

@@ -147,13 +147,16 @@ def weight_jacobians(params: PyTree) -> PyTree:
     frozen ones are returned as they are.
     """
 
-    def scale(p, rate):
-        if rate in (0.0, 1.0):
-            return p
-        fixed = jax.lax.stop_gradient(p)
-        return fixed + math.sqrt(rate) * (p - fixed)
+    return _map_with_rates(scale_jacobian, params)
 
-    return _map_with_rates(scale, params)
+
+def scale_jacobian(p: jax.Array, rate: float) -> jax.Array:
+    """`p`, bit for bit, with derivatives scaled by `sqrt(rate)`: one leaf of
+    :func:`weight_jacobians` (rates 0 and 1 return `p` itself)."""
+    if rate in (0.0, 1.0):
+        return p
+    fixed = jax.lax.stop_gradient(p)
+    return fixed + math.sqrt(rate) * (p - fixed)
 
 
 class ScaleByLearningRates(NamedTuple):

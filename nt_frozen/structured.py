@@ -62,7 +62,7 @@ from jax.extend import core as jex_core
 
 from nt_frozen._compat import _dot_general, nt, nt_utils
 from nt_frozen.params import trainable_mask
-from nt_frozen.rates import learning_rates
+from nt_frozen.rates import learning_rates, scale_jacobian
 
 PyTree = Any
 
@@ -795,10 +795,8 @@ def _nt_block_ntk(
     def apply_block(sub, x, **kw):
         full = list(leaves)
         for i, value in zip(block, sub):
-            if rates[i] != 1.0:  # same value, derivative scaled by sqrt(rate)
-                fixed = jax.lax.stop_gradient(value)
-                value = fixed + math.sqrt(rates[i]) * (value - fixed)
-            full[i] = value
+            # Same value, derivative scaled by sqrt(rate) (`LearningRate`).
+            full[i] = scale_jacobian(value, rates[i])
         return apply_fn(jax.tree_util.tree_unflatten(treedef, full), x, **kw)
 
     fn = nt.empirical_ntk_fn(
