@@ -569,27 +569,49 @@ def _undefined_reason(widths, draws, analytic) -> str | None:
 def empirical_draws_fn(
     arch: Architecture, width: int, samples: int, implementation: int | None = None
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """Jitted `(key, x) -> (samples, *ntk.shape)`: one compile per width.
+    """`(key, x) -> (samples, *ntk.shape)`: draw `samples` networks, return
+    their empirical NTKs.
 
-    Draws run in a `lax.map` on the device: no host round trip between draws,
-    and memory for one draw's Jacobian work at a time.
+    The parameters are sampled op by op: each of `init_fn`'s random calls runs
+    JAX's kernel compiled once per shape, shared by every width and
+    architecture with that shape, whereas compiling the sampling into a jitted
+    function costs seconds per width. The NTK is compiled once per width, and
+    one draw's parameters are alive at a time (or a few, dispatch being async).
     """
     init_fn, apply_fn, _ = arch.network(width)
-    ntk_fn = empirical_ntk_fn(apply_fn, implementation=implementation)
+    ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, implementation=implementation))
 
-    @jax.jit
     def draws(key, x):
-        def one(k):
-            _, params = init_fn(k, x.shape)
-            return ntk_fn(x, None, params)
-
-        return jax.lax.map(one, jax.random.split(key, samples))
+        keys = jax.random.split(key, samples)
+        return jnp.stack([ntk_fn(x, None, init_fn(k, x.shape)[1]) for k in keys])
 
     return draws
 
 
-def analytic_ntk(arch: Architecture, width: int, x, freeze=Frozen) -> np.ndarray:
-    return np.asarray(arch.network(width, freeze)[2](x, None, "ntk"))
+def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
+    """Jitted `x -> {"frozen": ntk, control: ntk, ...}`: one compile per width
+    for the frozen kernel and every control (run op by op, each costs seconds)."""
+    networks = {"frozen": arch.network(width)}
+    if arch.has_controls:
+        networks |= {c: arch.control_network(c, width) for c in arch.control_names}
+    kernel_fns = {name: network[2] for name, network in networks.items()}
+    return jax.jit(lambda x: {n: k(x, None, "ntk") for n, k in kernel_fns.items()})
+
+
+def width_kernels(
+    arch: Architecture,
+    width: int,
+    samples: int,
+    key: jax.Array,
+    x: jax.Array,
+    implementation: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One width of the sweep: the `samples` empirical NTKs drawn with `key`,
+    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays)."""
+    draws = empirical_draws_fn(arch, width, samples, implementation)(key, x)
+    analytic = analytic_ntks_fn(arch, width)(x)
+    # One host transfer per width, after all draws.
+    return np.asarray(draws), {n: np.asarray(k) for n, k in analytic.items()}
 
 
 def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
@@ -715,13 +737,14 @@ def sweep_architecture(
     for width in widths:
         saved = None if load is None else load(width)
         if saved is None:
-            draws_fn = empirical_draws_fn(arch, width, samples, implementation)
-            # One host transfer per width, after all draws.
-            d = np.asarray(draws_fn(jax.random.fold_in(draw_key, width), x))
-            a = {"frozen": analytic_ntk(arch, width, x)} | {
-                name: np.asarray(arch.control_network(name, width)[2](x, None, "ntk"))
-                for name in names[1:]
-            }
+            d, a = width_kernels(
+                arch,
+                width,
+                samples,
+                jax.random.fold_in(draw_key, width),
+                x,
+                implementation,
+            )
             if save is not None:
                 save(width, {"draws": d, "analytic": a})
         else:
