@@ -5,12 +5,12 @@ makes neural-tangents 0.6.5 work on current JAX without TensorFlow.
 """
 
 from nt_frozen._compat import nt, stax
-from nt_frozen.checks import check_params  # noqa: E402
-from nt_frozen.decomposition import (  # noqa: E402
+from nt_frozen.checks import check_params
+from nt_frozen.decomposition import (
     empirical_ntk_decomposition,
     ntk_decomposition,
 )
-from nt_frozen.dynamics import (  # noqa: E402
+from nt_frozen.dynamics import (
     analytic_prediction,
     compare_dynamics,
     dynamics_agreement,
@@ -19,13 +19,13 @@ from nt_frozen.dynamics import (  # noqa: E402
     stiffest_mode_time,
     train_ensemble,
 )
-from nt_frozen.empirical import (  # noqa: E402
+from nt_frozen.empirical import (
     empirical_kernel_fn,
     empirical_ntk_fn,
     monte_carlo_kernel_fn,
 )
-from nt_frozen.frozen import Frozen, is_frozen_layer, propagate_ntk_linearly  # noqa: E402
-from nt_frozen.params import (  # noqa: E402
+from nt_frozen.frozen import Frozen, is_frozen_layer, propagate_ntk_linearly
+from nt_frozen.params import (
     FrozenParams,
     freeze_like,
     freeze_params,
@@ -38,7 +38,7 @@ from nt_frozen.params import (  # noqa: E402
     trainable_mask,
     unfreeze,
 )
-from nt_frozen.rates import (  # noqa: E402
+from nt_frozen.rates import (
     LearningRate,
     RatedParams,
     apply_learning_rates,

@@ -2,7 +2,7 @@
 
 import sys
 
-from nt_frozen.cli import main
+from nt_frozen.validation.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ Example:
   >>> from nt_frozen import stax, ntk_decomposition
   >>> layers = [stax.Dense(64), stax.Relu(), stax.Dense(1)]
   >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
-  >>> decomposition = ntk_decomposition(layers)
+  >>> decomposition = ntk_decomposition(layers, input_shape=x.shape)
   >>> parts = decomposition(x)
   >>> parts.shape, decomposition.labels
   ((2, 3, 3), ('0:Dense', '2:Dense'))
@@ -46,7 +46,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from neural_tangents import Kernel
 
 from nt_frozen._compat import (
     _dot_general,
@@ -56,6 +55,18 @@ from nt_frozen._compat import (
     nt_utils,
     requires,
     stax,
+)
+from nt_frozen._stax_utils import (
+    Layer,
+    PyTree,
+    check_layers,
+    has_leaves,
+    is_kernel,
+    layer_name,
+    ntk_map,
+    ntks,
+    replace_ntks,
+    zeros_like_ntks,
 )
 from nt_frozen.checks import (
     KERNEL_FIELDS,
@@ -68,8 +79,6 @@ from nt_frozen.params import merge, split
 from nt_frozen.rates import weight_jacobians
 from nt_frozen.structured import block_ntks
 
-Layer = tuple[Callable, Callable, Callable]
-PyTree = Any
 #: Layer indices of one group: an `int` or a sequence of `int`s.
 GroupSpec = int | Sequence[int]
 #: `None` (default), a sequence of groups, or a mapping from names to groups.
@@ -82,65 +91,6 @@ class Group:
 
     label: str
     indices: tuple[int, ...]
-
-
-def _is_kernel(x: Any) -> bool:
-    return isinstance(x, Kernel)
-
-
-def _has_leaves(tree: PyTree) -> bool:
-    return bool(jax.tree_util.tree_leaves(tree))
-
-
-def _check_layers(layers: Any, where: str) -> list[Layer]:
-    if (
-        isinstance(layers, (tuple, list))
-        and len(layers) == 3
-        and all(map(callable, layers))
-        and get_req(layers[2]) is not None  # NT's `@layer` marks its kernel_fn
-    ):
-        # One layer (e.g. `stax.serial(...)` itself), not a list of layers.
-        raise TypeError(
-            f"{where}: `layers` is a single layer (init_fn, apply_fn, kernel_fn), "
-            f"not a list of layers. Pass the layers given to stax.serial, e.g. "
-            f"{where}([stax.Dense(512), stax.Relu(), stax.Dense(1)])."
-        )
-    if not isinstance(layers, Sequence) or isinstance(layers, str):
-        raise TypeError(
-            f"{where}: `layers` must be a list of stax layers, got "
-            f"{type(layers).__name__}."
-        )
-    if not layers:
-        raise ValueError(f"{where}: `layers` is empty; pass at least one layer.")
-    for i, candidate in enumerate(layers):
-        if callable(candidate):
-            name = getattr(candidate, "__name__", repr(candidate))
-            raise TypeError(
-                f"{where}: layers[{i}] is the function {name!r}, not a layer "
-                f"triple. Call it first, e.g. stax.{name}(...)."
-            )
-        if not isinstance(candidate, (tuple, list)) or len(candidate) != 3:
-            hint = (
-                " A pair (init_fn, apply_fn) is a jax.example_libraries.stax "
-                "layer, which has no kernel_fn: use the neural_tangents.stax one."
-                if isinstance(candidate, (tuple, list)) and len(candidate) == 2
-                else ""
-            )
-            raise TypeError(
-                f"{where}: layers[{i}] is not a layer triple (init_fn, apply_fn, "
-                f"kernel_fn): got {type(candidate).__name__} {candidate!r}.{hint}"
-            )
-        for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
-            if not callable(fn):
-                raise TypeError(
-                    f"{where}: the {role} of layers[{i}] is not callable: "
-                    f"{type(fn).__name__} {fn!r}."
-                )
-    return [tuple(candidate) for candidate in layers]
-
-
-def _layer_name(lyr: Layer) -> str:
-    return getattr(lyr[0], "__name__", type(lyr[0]).__name__)
 
 
 def _index(i: Any, n: int, label: str, where: str) -> int:
@@ -220,46 +170,32 @@ def _default_groups(
     return tuple(
         Group(f"{i}:{names[i]}" if names is not None else str(i), (i,))
         for i, entry in enumerate(trainable)
-        if _has_leaves(entry)
+        if has_leaves(entry)
     )
 
 
-class _Resolved:
-    """Groups fixed at construction, or the default ones once resolved."""
-
-    def __init__(self, groups: tuple[Group, ...] | None, where: str):
-        self._groups = groups
-        self.explicit = groups is not None
-        self._where = where
-
-    def set_default(self, groups: tuple[Group, ...]) -> tuple[Group, ...]:
-        if not self.explicit:
-            self._groups = groups
-        return self._groups
-
-    @property
-    def groups(self) -> tuple[Group, ...]:
-        if self._groups is None:
-            raise ValueError(
-                f"{self._where}: the default groups (one per layer with trainable "
-                f"parameters) are found from the parameter shapes, known at the "
-                f"first call. Call it once first, use .resolve(...), or pass "
-                f"groups=... explicitly."
-            )
-        return self._groups
-
-
 class NTKDecomposition:
-    """Analytic layer-wise NTK decomposition; see :func:`ntk_decomposition`."""
+    """Analytic layer-wise NTK decomposition; see :func:`ntk_decomposition`.
 
-    def __init__(self, layers: Sequence[Layer], groups: Groups = None):
+    Immutable: the groups are fixed at construction (explicit, or the default
+    ones found from `input_shape`), or found afresh from the input shapes at
+    each call, never stored by a call.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        groups: Groups = None,
+        input_shape: PyTree | None = None,
+    ):
         where = "ntk_decomposition"
-        self.layers = _check_layers(layers, where)
-        self._names = [_layer_name(lyr) for lyr in self.layers]
+        self.layers = check_layers(layers, where)
+        self._names = [layer_name(lyr) for lyr in self.layers]
         self._kernel_fns = [lyr[2] for lyr in self.layers]
         self._init_fn = stax.serial(*self.layers)[0]
-        parsed = _parse_groups(groups, len(self.layers), self._names, where)
-        self._resolved = _Resolved(parsed, where)
+        self._groups = _parse_groups(groups, len(self.layers), self._names, where)
+        if self._groups is None and input_shape is not None:
+            self._groups = self.resolve(input_shape)
         # NT-style `kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs)`: every
         # field as `stax.serial(*layers)` has it, but `ntk` is the stack.
         self.kernel_fn = _checking_get(_decomposition_layer(self)[2])
@@ -267,7 +203,14 @@ class NTKDecomposition:
     @property
     def groups(self) -> tuple[Group, ...]:
         """The groups, in the order of the stack's leading axis."""
-        return self._resolved.groups
+        if self._groups is None:
+            raise ValueError(
+                "ntk_decomposition: the default groups (one per layer with "
+                "trainable parameters) are found from the parameter shapes, so "
+                "they need the input shape: pass input_shape=x.shape (or "
+                "groups=...) to ntk_decomposition, or call .resolve(x.shape)."
+            )
+        return self._groups
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -277,13 +220,13 @@ class NTKDecomposition:
     def resolve(self, input_shape: PyTree) -> tuple[Group, ...]:
         """The groups for inputs of `input_shape` (needed only for the default,
         which keeps the layers whose `init_fn` makes trainable parameters)."""
-        if self._resolved.explicit:
-            return self._resolved.groups
+        if self._groups is not None:
+            return self._groups
         params = jax.eval_shape(
             lambda key: self._init_fn(key, input_shape)[1],
             jax.eval_shape(jax.random.PRNGKey, 0),
         )
-        return self._resolved.set_default(_default_groups(params, self._names))
+        return _default_groups(params, self._names)
 
     def __call__(self, x1: PyTree, x2: PyTree | None = None, **kwargs) -> jax.Array:
         """The stack of NTK contributions, shape `(G, *ntk.shape)`.
@@ -297,17 +240,17 @@ class NTKDecomposition:
 
     def _propagate(self, k: PyTree, **kwargs) -> PyTree:
         """Kernel -> Kernel whose `ntk` is the stack of group contributions."""
-        if any(kk.ntk is None for kk in jax.tree_util.tree_leaves(k, _is_kernel)):
+        if any(ntk is None for ntk in ntks(k)):
             for kernel_fn in self._kernel_fns:  # `get` without "ntk"
                 k = kernel_fn(k, **kwargs)
             return k
-        shapes = jax.tree_util.tree_map(lambda kk: kk.shape1, k, is_leaf=_is_kernel)
+        shapes = jax.tree_util.tree_map(lambda kk: kk.shape1, k, is_leaf=is_kernel)
         groups = self.resolve(shapes)
         group_of = {i: g for g, group in enumerate(groups) for i in group.indices}
 
         # An incoming NTK (a Kernel input) comes from layers upstream, which are
         # in no group: start every contribution from zero.
-        k = _replace_ntks(k, _zeros_like_ntks(k))
+        k = replace_ntks(k, zeros_like_ntks(k))
         slots: list[int] = []  # group of each row of `stack`, in order of start
         stack: list[jax.Array] | None = None  # per Kernel leaf: (len(slots), ...)
         for i, kernel_fn in enumerate(self._kernel_fns):
@@ -316,21 +259,21 @@ class NTKDecomposition:
                 # Nothing upstream trains yet: the input NTK is 0, so the
                 # primal NTK is the layer's own term P; no linear map needed.
                 k = kernel_fn(k, **kwargs)
-                own = _ntks(k)
+                own = ntks(k)
             else:
                 # Affine in the NTK: at ntk = 0 the primal is P (and the NNGP),
                 # the tangent along a contribution is L(contribution). Under
                 # vmap the primal does not depend on the tangents: computed once.
-                ntk_map, zeros = _ntk_map(kernel_fn, k, kwargs), _zeros_like_ntks(k)
+                ntk_fn, zeros = ntk_map(kernel_fn, k, **kwargs), zeros_like_ntks(k)
 
-                def jvp(tangent, ntk_map=ntk_map, zeros=zeros):
-                    return jax.jvp(ntk_map, (zeros,), (tangent,), has_aux=True)
+                def jvp(tangent, ntk_fn=ntk_fn, zeros=zeros):
+                    return jax.jvp(ntk_fn, (zeros,), (tangent,), has_aux=True)
 
                 own, stack, k = jax.vmap(jvp, out_axes=(None, 0, None))(stack)
             if group is None:  # frozen in every contribution: P is dropped
                 if stack is None:
                     # `k.ntk` is this layer's own P; no group may inherit it.
-                    k = _replace_ntks(k, _zeros_like_ntks(k))
+                    k = replace_ntks(k, zeros_like_ntks(k))
                 continue
             if stack is None:
                 stack, slots = [p[None] for p in own], [group]
@@ -342,11 +285,11 @@ class NTKDecomposition:
                 slots.append(group)
 
         if stack is None:  # no group at all: an empty stack of the right shape
-            stack = [jnp.zeros((0, *jnp.shape(p)), p.dtype) for p in _ntks(k)]
+            stack = [jnp.zeros((0, *jnp.shape(p)), p.dtype) for p in ntks(k)]
         else:
             order = jnp.asarray([slots.index(g) for g in range(len(groups))])
             stack = [s[order] for s in stack]
-        return _replace_ntks(k, stack)
+        return replace_ntks(k, stack)
 
 
 def _checking_get(kernel_fn: Callable) -> Callable:
@@ -358,30 +301,6 @@ def _checking_get(kernel_fn: Callable) -> Callable:
         return kernel_fn(x1_or_kernel, x2, get, **kwargs)
 
     return checked_kernel_fn
-
-
-def _ntks(k: PyTree) -> list[jax.Array]:
-    return [kk.ntk for kk in jax.tree_util.tree_leaves(k, _is_kernel)]
-
-
-def _zeros_like_ntks(k: PyTree) -> list[jax.Array]:
-    return [jnp.zeros_like(ntk) for ntk in _ntks(k)]
-
-
-def _replace_ntks(k: PyTree, ntks: Sequence[jax.Array]) -> PyTree:
-    kernels, treedef = jax.tree_util.tree_flatten(k, _is_kernel)
-    replaced = [kk.replace(ntk=ntk) for kk, ntk in zip(kernels, ntks)]
-    return jax.tree_util.tree_unflatten(treedef, replaced)
-
-
-def _ntk_map(kernel_fn: Callable, k: PyTree, kwargs: dict) -> Callable:
-    """`ntks -> (outgoing ntks, outgoing Kernel)`, affine in `ntks`."""
-
-    def ntk_map(ntks):
-        out = kernel_fn(_replace_ntks(k, ntks), **kwargs)
-        return _ntks(out), out
-
-    return ntk_map
 
 
 @layer
@@ -399,7 +318,7 @@ def _decomposition_layer(decomposition: NTKDecomposition) -> Layer:
 
 
 def ntk_decomposition(
-    layers: Sequence[Layer], groups: Groups = None
+    layers: Sequence[Layer], groups: Groups = None, input_shape: PyTree | None = None
 ) -> NTKDecomposition:
     """Split the analytic NTK of `stax.serial(*layers)` over groups of layers.
 
@@ -414,19 +333,24 @@ def ntk_decomposition(
         `repeat`, `FanOut`/`FanIn*`) and :func:`~nt_frozen.Frozen` layers are
         single layers.
       groups: `None` for one group per layer with trainable parameters (found
-        with the layer's `init_fn` at the first call; then ordered by layer); or
-        a list of groups; or a dict `{name: group}`. A group is a layer index
-        (negative ones count from the end) or a list of them; groups must be
-        disjoint. Layers in no group are frozen in every contribution, so the
-        contributions sum to the full NTK exactly when every layer with
-        trainable parameters is in some group. A parameter-free layer
+        from the parameter shapes that `init_fn` makes for the inputs, ordered
+        by layer); or a list of groups; or a dict `{name: group}`. A group is
+        a layer index (negative ones count from the end) or a list of them;
+        groups must be disjoint. Layers in no group are frozen in every
+        contribution, so the contributions sum to the full NTK exactly when
+        every layer with trainable parameters is in some group. A parameter-free layer
         (`Relu`, pooling, ...) or a `Frozen` one contributes exactly zero.
+      input_shape: the shape of `x1` (a tree of shapes for several inputs);
+        with the default groups, it makes `d.groups` / `d.labels` known at
+        construction (otherwise each call finds the groups from its inputs,
+        and `d.resolve(x1.shape)` gives them).
 
     Returns:
       An :class:`NTKDecomposition` `d`: `d(x1, x2=None, **kwargs)` is the
       stack of contributions, shape `(G, *ntk.shape)`; `d.labels` /
-      `d.groups` name its rows; `d.kernel_fn(x1, x2, get, **kwargs)` is an NT
-      `kernel_fn` whose `ntk` field is that stack (other fields as usual).
+      `d.groups` name its rows (with explicit groups or `input_shape`, before
+      any call); `d.kernel_fn(x1, x2, get, **kwargs)` is an NT `kernel_fn`
+      whose `ntk` field is that stack (other fields as usual).
 
     Example:
       >>> import jax
@@ -437,7 +361,7 @@ def ntk_decomposition(
       >>> jax.jit(d)(x, x[:2]).shape, d.labels
       ((2, 5, 2), ('body', 'readout'))
     """
-    return NTKDecomposition(layers, groups)
+    return NTKDecomposition(layers, groups, input_shape)
 
 
 def _one_array(apply_fn: Callable, params: PyTree, x: PyTree) -> bool:
@@ -454,26 +378,39 @@ class EmpiricalNTKDecomposition:
         groups: Groups,
         trace_axes,
         diagonal_axes,
+        input_shape: PyTree | None = None,
     ):
         where = "empirical_ntk_decomposition"
         if callable(network) and not isinstance(network, (tuple, list)):
             self.layers, self._names, self._init_fn = None, None, None
             self.apply_fn = network
         else:
-            self.layers = _check_layers(network, where)
-            self._names = [_layer_name(lyr) for lyr in self.layers]
+            self.layers = check_layers(network, where)
+            self._names = [layer_name(lyr) for lyr in self.layers]
             self._init_fn, self.apply_fn, _ = stax.serial(*self.layers)
         self.trace_axes = trace_axes
         self.diagonal_axes = diagonal_axes
         self._groups_spec = groups
-        if self.layers is not None:  # validate the groups now, as the analytic one
-            _parse_groups(groups, len(self.layers), self._names, where)
-        self._resolved = _Resolved(None, where)
+        self._groups = None  # known at construction when made from the layers
+        if self.layers is not None:
+            # The same groups as the analytic decomposition of these layers.
+            self._groups = NTKDecomposition(self.layers, groups, input_shape)._groups
 
     @property
     def groups(self) -> tuple[Group, ...]:
-        """The groups of the latest call, in the order of the stack's rows."""
-        return self._resolved.groups
+        """The groups, in the order of the stack's rows."""
+        if self._groups is None:
+            how = (
+                "pass input_shape=x.shape (or groups=...)"
+                if self.layers is not None
+                else "pass the layers instead of the apply_fn"
+            )
+            raise ValueError(
+                f"empirical_ntk_decomposition: the groups are found from the "
+                f"parameters; to know them before a call, {how} to "
+                f"empirical_ntk_decomposition, or call .resolve(params)."
+            )
+        return self._groups
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -493,10 +430,10 @@ class EmpiricalNTKDecomposition:
                 f"tuple with one entry per layer, got {type(params).__name__}. "
                 f"Wrap a single layer as stax.serial(layer)."
             )
+        if self._groups is not None:
+            return self._groups
         groups = _parse_groups(self._groups_spec, len(params), self._names, where)
-        if groups is None:
-            groups = _default_groups(params, self._names)
-        return self._resolved.set_default(groups)
+        return _default_groups(params, self._names) if groups is None else groups
 
     def __call__(
         self, x1: PyTree, x2: PyTree | None, params: PyTree, **apply_fn_kwargs
@@ -539,7 +476,7 @@ class EmpiricalNTKDecomposition:
         # Differentiate only trainable leaves of grouped layers: the rest,
         # frozen leaves included, are constants and cost no Jacobian.
         grouped = sorted({i for group in groups for i in group.indices})
-        wrt = [i for i in grouped if _has_leaves(trainable[i])]
+        wrt = [i for i in grouped if has_leaves(trainable[i])]
 
         def f(sub, x, kwargs):
             full = list(trainable)
@@ -590,6 +527,7 @@ def empirical_ntk_decomposition(
     groups: Groups = None,
     trace_axes=(-1,),
     diagonal_axes=(),
+    input_shape: PyTree | None = None,
 ) -> EmpiricalNTKDecomposition:
     """Split the empirical NTK of a `stax.serial` network over groups of layers.
 
@@ -615,11 +553,15 @@ def empirical_ntk_decomposition(
         layer with trainable parameters.
       trace_axes, diagonal_axes: as for `nt.empirical_ntk_fn` (the output
         axes traced over, normalized by their size, and kept diagonal).
+      input_shape: as for :func:`ntk_decomposition`, with `network` a list of
+        layers and default groups.
 
     Returns:
       An :class:`EmpiricalNTKDecomposition` `d`: `d(x1, x2, params,
       **apply_fn_kwargs)` is the stack, shape `(G, *ntk.shape)`, and
-      `d.labels` / `d.groups` name its rows (for the latest `params`).
+      `d.labels` / `d.groups` name its rows: known at construction from the
+      layers and explicit groups or `input_shape`, and from `params` by
+      `d.resolve(params)` otherwise (nothing is stored by a call).
 
     Example:
       >>> import jax
@@ -628,8 +570,10 @@ def empirical_ntk_decomposition(
       >>> init_fn, apply_fn, _ = stax.serial(*layers)
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
       >>> _, params = init_fn(jax.random.PRNGKey(1), x.shape)
-      >>> d = empirical_ntk_decomposition(layers)
+      >>> d = empirical_ntk_decomposition(layers, input_shape=x.shape)
       >>> jax.jit(d)(x, None, params).shape, d.labels
       ((2, 3, 3), ('0:Dense', '3:Dense'))
     """
-    return EmpiricalNTKDecomposition(network, groups, trace_axes, diagonal_axes)
+    return EmpiricalNTKDecomposition(
+        network, groups, trace_axes, diagonal_axes, input_shape
+    )

@@ -17,69 +17,43 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
-from neural_tangents import Kernel
 
 from nt_frozen._compat import get_req, layer, requires
+from nt_frozen._stax_utils import (
+    Layer,
+    check_layer,
+    looks_like_layer,
+    ntk_map,
+    ntks,
+    replace_ntks,
+    zeros_like_ntks,
+)
 from nt_frozen.params import freeze_params, frozen_values
-
-Layer = tuple[Callable, Callable, Callable]
 
 _FROZEN_MARK = "_nt_frozen_layer"
 
 
-def _is_kernel(x: Any) -> bool:
-    return isinstance(x, Kernel)
-
-
-def _check_layer(candidate: Any, where: str = "Frozen") -> Layer:
-    # `where`: the wrapper named in errors (also used by `LearningRate`).
+def check_wrapped_layer(candidate: Any, where: str) -> Layer:
+    """The one layer a wrapper (`where`: `Frozen`, `LearningRate`) is given."""
     if callable(candidate) and not isinstance(candidate, (tuple, list)):
         name = getattr(candidate, "__name__", repr(candidate))
         raise TypeError(
             f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn), got "
             f"the function {name!r}. Call it first, e.g. {where}(stax.{name}(...))."
         )
-    if not isinstance(candidate, Sequence) or isinstance(candidate, str):
-        raise TypeError(
-            f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn) from "
-            f"neural_tangents.stax, got {type(candidate).__name__}: {candidate!r}."
-        )
-    if candidate and all(_looks_like_layer(item) for item in candidate):
+    if (
+        isinstance(candidate, (tuple, list))
+        and candidate
+        and all(looks_like_layer(item) for item in candidate)
+    ):
         raise TypeError(
             f"{where} takes one layer, got a {type(candidate).__name__} of "
             f"{len(candidate)} layer{'s' * (len(candidate) > 1)}. "
             f"Wrap their composition: {where}(stax.serial(...)) (or wrap each "
             f"one, e.g. [{where}(layer) for layer in layers])."
         )
-    if len(candidate) != 3:
-        hint = (
-            " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
-            "which has no analytic kernel_fn: use the neural_tangents.stax layer."
-            if len(candidate) == 2
-            else ""
-        )
-        raise ValueError(
-            f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn), got "
-            f"a sequence of {len(candidate)} items.{hint}"
-        )
-    for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
-        if not callable(fn):
-            raise TypeError(
-                f"{where}: the layer's {role} must be callable, got "
-                f"{type(fn).__name__}: {fn!r}."
-            )
-    return tuple(candidate)
-
-
-def _looks_like_layer(item: Any) -> bool:
-    """A layer triple, or an `(init_fn, apply_fn)` pair."""
-    return (
-        isinstance(item, (tuple, list))
-        and len(item) in (2, 3)
-        and all(map(callable, item))
-    )
+    return check_layer(candidate, f"{where} expects a layer triple")
 
 
 def ntk_jvp(kernel_fn: Callable, k: Any, *, at_zero: bool = False, **kwargs):
@@ -88,21 +62,19 @@ def ntk_jvp(kernel_fn: Callable, k: Any, *, at_zero: bool = False, **kwargs):
     The map is affine in the NTKs, so the tangent is the linear part
     `L(ntk_in)` wherever it is taken. The primal point is `k`'s NTKs, or zero
     with `at_zero` (then the primal NTK is the own-parameter term `P`).
-    Returns `(primal, tangent)`, each shaped like `kernel_fn(k)`, or `None`
-    when `k` carries no NTK (`get='nngp'`). `k` is a `Kernel` or a pytree of
-    them (layers with several inputs).
+    Returns `(out, linear)`: `out` is `kernel_fn` at the primal point (a
+    `Kernel` tree shaped like `kernel_fn(k)`), `linear` the list of `L(ntk_in)`
+    per `Kernel` of `out`; or `None` when `k` carries no NTK (`get='nngp'`).
+    `k` is a `Kernel` or a pytree of them (layers with several inputs).
     """
-    kernels, treedef = jax.tree_util.tree_flatten(k, is_leaf=_is_kernel)
-    ntks_in = [kernel.ntk for kernel in kernels]
+    ntks_in = ntks(k)
     if any(ntk is None for ntk in ntks_in):
         return None
-
-    def kernel_of_ntks(ntks):
-        replaced = [kernel.replace(ntk=ntk) for kernel, ntk in zip(kernels, ntks)]
-        return kernel_fn(jax.tree_util.tree_unflatten(treedef, replaced), **kwargs)
-
-    point = [jnp.zeros_like(ntk) for ntk in ntks_in] if at_zero else ntks_in
-    return jax.jvp(kernel_of_ntks, (point,), (ntks_in,))
+    point = zeros_like_ntks(k) if at_zero else ntks_in
+    _, linear, out = jax.jvp(
+        ntk_map(kernel_fn, k, **kwargs), (point,), (ntks_in,), has_aux=True
+    )
+    return out, linear
 
 
 def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
@@ -116,10 +88,8 @@ def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
         return kernel_fn(k, **kwargs)
     # The map is affine in the NTKs, so its derivative along the NTKs themselves
     # is the linear part L(ntk_in), with the own-parameter term P dropped.
-    out, tangent = pair
-    return jax.tree_util.tree_map(
-        lambda o, t: o.replace(ntk=t.ntk), out, tangent, is_leaf=_is_kernel
-    )
+    out, linear = pair
+    return replace_ntks(out, linear)
 
 
 @layer
@@ -177,7 +147,7 @@ def Frozen(layer: Layer) -> Layer:  # noqa: N802 (stax layers are CamelCase)
       >>> k.ntk.shape
       (4, 4)
     """
-    init_fn, apply_fn, kernel_fn = _check_layer(layer)
+    init_fn, apply_fn, kernel_fn = check_wrapped_layer(layer, "Frozen")
     if getattr(kernel_fn, _FROZEN_MARK, False):
         return layer  # Freezing is idempotent.
     frozen = _frozen(init_fn, apply_fn, kernel_fn)

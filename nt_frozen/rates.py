@@ -29,7 +29,8 @@ import jax
 import numpy as np
 
 from nt_frozen._compat import get_req, layer, requires
-from nt_frozen.frozen import Frozen, Layer, _check_layer, _is_kernel, ntk_jvp
+from nt_frozen._stax_utils import Layer, ntks, replace_ntks
+from nt_frozen.frozen import Frozen, check_wrapped_layer, ntk_jvp
 from nt_frozen.params import FrozenParams, is_frozen
 
 PyTree = Any
@@ -254,12 +255,7 @@ def propagate_ntk_rated(kernel_fn: Callable, k: Any, rate: float, **kwargs) -> A
     # exactly), and the tangent along ntk_in is L(ntk_in), computed apart from
     # P. Neither is a difference of large numbers.
     own, linear = pair
-    return jax.tree_util.tree_map(
-        lambda o, t: o.replace(ntk=t.ntk + rate * o.ntk),
-        own,
-        linear,
-        is_leaf=_is_kernel,
-    )
+    return replace_ntks(own, [t + rate * p for t, p in zip(linear, ntks(own))])
 
 
 @layer
@@ -318,7 +314,7 @@ def LearningRate(layer: Layer, rate: float) -> Layer:  # noqa: N802 (stax CamelC
       >>> LearningRate(readout, 0.1)[2].__name__
       'LearningRate(Dense, 0.1)'
     """
-    init_fn, apply_fn, kernel_fn = _check_layer(layer, "LearningRate")
+    init_fn, apply_fn, kernel_fn = check_wrapped_layer(layer, "LearningRate")
     name = getattr(kernel_fn, "__name__", "layer")
     rate = _check_rate(rate, f"LearningRate({name}, rate={rate!r})")
     if rate == 0.0:

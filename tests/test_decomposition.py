@@ -136,7 +136,7 @@ def analytic(family: str, dtype: str):
     assert jnp.zeros(()).dtype == jnp.dtype(dtype)
     make, shape, param_layers = FAMILIES[family]
     x1, x2 = inputs(shape, same=False)
-    decomposition = ntk_decomposition(make())
+    decomposition = ntk_decomposition(make(), input_shape=x1.shape)
     # The first layer with parameters in no group: frozen in every row.
     tail = ntk_decomposition(make(), [[i] for i in param_layers[1:]])
 
@@ -277,7 +277,7 @@ def test_parameter_free_and_frozen_layers_contribute_zero(x64):
         stax.Dense(1, b_std=0.1),
     ]
     x1, x2 = inputs((3,), same=False)
-    default = ntk_decomposition(layers)
+    default = ntk_decomposition(layers)  # groups found at each call
     explicit = ntk_decomposition(layers, [0, 1, 2, [3], 4])
     default_parts, explicit_parts, full = fast_jit(
         lambda: (
@@ -286,7 +286,9 @@ def test_parameter_free_and_frozen_layers_contribute_zero(x64):
             stax.serial(*layers)[2](x1, x2, "ntk"),
         )
     )
-    assert default.labels == ("0:Dense", "4:Dense")  # no Relu, Erf, Frozen
+    labels = tuple(g.label for g in default.resolve(x1.shape))
+    assert labels == ("0:Dense", "4:Dense")  # no Relu, Erf, Frozen
+    assert ntk_decomposition(layers, input_shape=x1.shape).labels == labels
     np.testing.assert_allclose(default_parts.sum(0), full, rtol=1e-12)
     assert explicit.labels[1] == "1:ABRelu"  # NT names Relu so
     for row in (1, 2, 3):
@@ -394,7 +396,7 @@ def empirical(family: str):
     init_fn, apply_fn, _ = stax.serial(*make())
     x1, x2 = inputs(shape, same=False)
     _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
-    decomposition = empirical_ntk_decomposition(make())
+    decomposition = empirical_ntk_decomposition(make(), input_shape=x1.shape)
     tail = empirical_ntk_decomposition(make(), param_layers[1:])
     # the same values, with every layer but one frozen
     only = {}
@@ -481,8 +483,9 @@ def test_empirical_frozen_layers_groups_and_options(x64):
         )
     )
     (default_parts, explicit_parts, option_parts), (full, full_options) = got, want
-    assert default.labels == ("0", "4")  # the Frozen layer has no row
-    assert explicit.labels == ("free", "all")
+    # from an apply_fn, the groups come from the params
+    assert tuple(g.label for g in default.resolve(params)) == ("0", "4")
+    assert tuple(g.label for g in explicit.resolve(params)) == ("free", "all")
     np.testing.assert_allclose(default_parts.sum(0), full, rtol=1e-12)
     np.testing.assert_array_equal(explicit_parts[0], 0.0)
     np.testing.assert_allclose(explicit_parts[1], full, rtol=1e-12)
@@ -531,6 +534,13 @@ def test_empirical_errors_and_unresolved_labels():
         empirical_ntk_decomposition(apply_fn)(x1, x2, {"w": params})
     with pytest.raises(TypeError, match="params is None"):
         empirical_ntk_decomposition(apply_fn)(x1, x2, None)
-    with pytest.raises(ValueError, match="known at the first call"):
+    with pytest.raises(ValueError, match="need the input shape"):
         _ = ntk_decomposition(deep_mlp(depth=2)).labels
+    with pytest.raises(ValueError, match="pass the layers instead"):
+        _ = empirical_ntk_decomposition(apply_fn).labels
+    # nothing is stored by a call: still unknown afterwards
+    default = ntk_decomposition(deep_mlp(depth=2))
+    default(x1)
+    with pytest.raises(ValueError, match="need the input shape"):
+        _ = default.labels
     assert ntk_decomposition(deep_mlp(depth=2), [4]).labels == ("4:Dense",)

@@ -68,7 +68,7 @@ from nt_frozen.dynamics import (
     stiffest_mode_time,
     train_ensemble,
 )
-from nt_frozen.validate import IdentityGuess
+from nt_frozen.validation.controls import IdentityGuess
 
 D, N_TRAIN, N_TEST = 8, 10, 6
 WIDTH, SMALL_WIDTH = 1024, 256
@@ -242,25 +242,33 @@ def test_time_convention_is_nt_s_for_an_exactly_linear_model():
     np.testing.assert_allclose(ens.train[0, -1], Y_TRAIN_3, atol=5e-3)
 
 
-def test_training_compiles_once_for_new_times_and_keys():
-    from nt_frozen.dynamics import _train_members
-
+def test_training_compiles_nothing_new_for_new_times_and_keys():
     init_fn, apply_fn, kernel_fn = _mlp(32, CASES["frozen_middle"])
     ntk = np.eye(N_TRAIN)
-    before = _train_members._cache_size()
-    for ts, seed in (([0.5, 1.0], 0), ([2.0, 7.0], 1)):
-        train_ensemble(
-            init_fn,
-            apply_fn,
-            X_TRAIN,
-            Y_TRAIN,
-            X_TEST,
-            ts,
-            jax.random.PRNGKey(seed),
-            3,
-            ntk,
-        )
-    assert _train_members._cache_size() == before + 1
+    compiles, recording = [], [False]
+
+    def on_event(event, duration, **kwargs):
+        if recording[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        for ts, seed in (([0.5, 1.0], 0), ([2.0, 7.0], 1)):
+            recording[0] = seed == 1  # the second call: new times and key
+            train_ensemble(
+                init_fn,
+                apply_fn,
+                X_TRAIN,
+                Y_TRAIN,
+                X_TEST,
+                ts,
+                jax.random.PRNGKey(seed),
+                3,
+                ntk,
+            )
+    finally:
+        recording[0] = False
+    assert compiles == []
 
 
 # --- Ensembles vs nt.predict --------------------------------------------------

@@ -1,8 +1,8 @@
 """Analytic frozen NTK vs the Monte Carlo mean of finite-width empirical NTKs
 (`nt.empirical_ntk_fn` on the frozen network's `apply_fn`), per architecture
 family. The tolerance is the Monte Carlo standard error of the mean plus an
-O(1/width) bias allowance (nt_frozen.convergence); the "identity" guess and the
-unfrozen NTK must fail the same check."""
+O(1/width) bias allowance (nt_frozen.validation.statistics); the "identity"
+guess and the unfrozen NTK must fail the same check."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import pytest
 
 from nt_frozen import Frozen, nt, stax
-from nt_frozen.convergence import agreement
-from nt_frozen.validate import IdentityGuess
+from nt_frozen.validation.controls import IdentityGuess
+from nt_frozen.validation.statistics import agreement
 
 N_DRAWS = 8
 

@@ -51,7 +51,6 @@ from nt_frozen import (
     stax,
     trainable_mask,
 )
-from nt_frozen.convergence import MAX_SCORE, agreement
 from nt_frozen.dynamics import (
     analytic_prediction,
     compare_dynamics,
@@ -59,7 +58,8 @@ from nt_frozen.dynamics import (
     stiffest_mode_time,
     train_ensemble,
 )
-from nt_frozen.validate import ARCHITECTURES, run_validation
+from nt_frozen.validation import ARCHITECTURES, run_validation
+from nt_frozen.validation.statistics import MAX_SCORE, agreement
 
 
 def _own_term(kernel_fn, k, **kwargs):

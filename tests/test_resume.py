@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-import nt_frozen.validate
-from nt_frozen.cli import main
-from nt_frozen.validate import ARCHITECTURES, run_validation
+import nt_frozen.validation.sweep
+from nt_frozen.validation import ARCHITECTURES, run_validation
+from nt_frozen.validation.cli import main
 
 ARCH = ARCHITECTURES["mlp-frozen-middle"]
 WIDTHS = [16, 32, 64]
@@ -38,7 +38,7 @@ def test_interrupted_then_resumed_cli_run_equals_an_uninterrupted_one(
     assert not (tmp_path / "whole" / "widths").exists()  # removed once reported
 
     # A kill while the second width is computed: the first one is on disk.
-    draws_fn = nt_frozen.validate.empirical_draws_fn
+    draws_fn = nt_frozen.validation.sweep.empirical_draws_fn
     calls = []
 
     def killed_at_second_width(*args, **kwargs):
@@ -49,7 +49,7 @@ def test_interrupted_then_resumed_cli_run_equals_an_uninterrupted_one(
 
     out = tmp_path / "resumed"
     monkeypatch.setattr(
-        nt_frozen.validate, "empirical_draws_fn", killed_at_second_width
+        nt_frozen.validation.sweep, "empirical_draws_fn", killed_at_second_width
     )
     assert _cli(out) == 130
     assert "--resume" in capsys.readouterr().err
@@ -61,7 +61,7 @@ def test_interrupted_then_resumed_cli_run_equals_an_uninterrupted_one(
     # The resumed run computes only the two missing widths.
     calls.clear()
     monkeypatch.setattr(
-        nt_frozen.validate,
+        nt_frozen.validation.sweep,
         "empirical_draws_fn",
         lambda *args, **kwargs: calls.append(args) or draws_fn(*args, **kwargs),
     )

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from nt_frozen.cli import main
-from nt_frozen.validate import ARCHITECTURES, IdentityGuess, compare
+from nt_frozen.validation import ARCHITECTURES, IdentityGuess, compare
+from nt_frozen.validation.cli import main
 
 SMALL = ["--widths", "128", "512", "--samples", "6", "--no-progress"]
 
@@ -224,12 +224,12 @@ def test_compare_fails_on_nan_and_zero_kernels():
 
 
 def test_unwritable_out_exits_before_the_sweep(tmp_path, monkeypatch):
-    import nt_frozen.validate
+    import nt_frozen.validation.sweep
 
     def no_sweep(*args, **kwargs):
         raise AssertionError("the sweep ran before --out was checked")
 
-    monkeypatch.setattr(nt_frozen.validate, "run_validation", no_sweep)
+    monkeypatch.setattr(nt_frozen.validation.sweep, "run_validation", no_sweep)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     argv = ["validate", *SMALL, "--arch", "mlp-frozen-last"]

@@ -1,0 +1,306 @@
+"""The network families of the validation sweep: the built-in registry and
+users' own networks (`module:function`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nt_frozen._compat import stax
+from nt_frozen._stax_utils import Layer
+from nt_frozen.frozen import Frozen
+from nt_frozen.rates import LearningRate
+from nt_frozen.validation.controls import CONTROLS
+
+# `build(width, freeze)` returns the layers of a `stax.serial` network; `freeze`
+# is applied to the layers that are frozen (`Frozen`, or a control).
+Builder = Callable[..., Sequence[Layer]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A network family for the sweep.
+
+    Attributes:
+      name: short name used in tables, JSON and plots.
+      description: one line, shown in the table.
+      build: `build(width, freeze=Frozen)` -> layers of a `stax.serial`; the
+        sweep passes each control as `freeze`. A builder without a `freeze`
+        parameter returns the frozen network only, and gets no controls.
+      input_shape: shape of the inputs `x` (batch first).
+      width_divisor: the layer width is `width // width_divisor` (CNN channels
+        are cheaper to keep lower than MLP widths).
+      controls: wrong networks, `{name: build(width)}`, scored in place of
+        :data:`CONTROLS` (which act through `freeze`): e.g. for per-layer
+        rates, the unrated network and the rates swapped.
+    """
+
+    name: str
+    description: str
+    build: Builder
+    input_shape: tuple[int, ...]
+    width_divisor: int = 1
+    controls: Mapping[str, Builder] | None = None
+
+    @property
+    def has_controls(self) -> bool:
+        return (
+            self.controls is not None
+            or "freeze" in inspect.signature(self.build).parameters
+        )
+
+    @property
+    def control_names(self) -> tuple[str, ...]:
+        return tuple(CONTROLS if self.controls is None else self.controls)
+
+    def control_network(self, name: str, width: int) -> Layer:
+        if self.controls is None:
+            return self.network(width, CONTROLS[name])
+        return _as_triple(self.controls[name](self.layer_width(width)), self.name)
+
+    def layer_width(self, width: int) -> int:
+        return max(1, width // self.width_divisor)
+
+    def network(self, width: int, freeze: Callable[[Layer], Layer] = Frozen) -> Layer:
+        n = self.layer_width(width)
+        takes_freeze = "freeze" in inspect.signature(self.build).parameters
+        built = self.build(n, freeze=freeze) if takes_freeze else self.build(n)
+        return _as_triple(built, self.name)
+
+
+def _as_triple(built: Any, name: str) -> Layer:
+    if (
+        isinstance(built, (list, tuple))
+        and len(built) == 3
+        and all(callable(f) and not isinstance(f, (list, tuple)) for f in built)
+    ):
+        return tuple(built)
+    if isinstance(built, (list, tuple)):
+        return stax.serial(*built)
+    raise TypeError(
+        f"architecture {name!r}: the builder must return a stax layer triple "
+        f"(init_fn, apply_fn, kernel_fn) or a list of layers for stax.serial, "
+        f"got {type(built).__name__}."
+    )
+
+
+def _mlp(weights, frozen: set[int], parameterization: str = "ntk") -> Builder:
+    """Dense-Relu-...-Dense(1) with `(W_std, b_std)` per Dense, some frozen."""
+
+    def build(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
+        layers = []
+        for i, (w_std, b_std) in enumerate(weights):
+            out = 1 if i == len(weights) - 1 else n
+            dense = stax.Dense(
+                out, W_std=w_std, b_std=b_std, parameterization=parameterization
+            )
+            layers.append(freeze(dense) if i in frozen else dense)
+            if i < len(weights) - 1:
+                layers.append(stax.Relu())
+        return layers
+
+    return build
+
+
+_MLP_WEIGHTS = ((1.5, 0.1), (1.4, 0.3), (1.3, 0.2))
+
+
+def _cnn(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
+    conv = stax.Conv(n, (3, 3), padding="SAME", W_std=2.0, b_std=0.1)
+    pool = stax.AvgPool((2, 2))
+    # The frozen network freezes the whole block (Frozen of a combinator). The
+    # controls act on its conv only: the pooling has no parameters, and "pass
+    # the NTK through unchanged" means nothing across a shape change.
+    block = (
+        Frozen(stax.serial(conv, pool))
+        if freeze is Frozen
+        else stax.serial(freeze(conv), pool)
+    )
+    return [
+        stax.Conv(n, (3, 3), padding="SAME", W_std=1.3, b_std=1.0),
+        stax.Relu(),
+        block,
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1, W_std=1.2),
+    ]
+
+
+def _residual(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
+    branch = stax.serial(stax.Relu(), stax.Dense(n, W_std=2.0, b_std=0.3))
+    block = stax.serial(
+        stax.FanOut(2), stax.parallel(freeze(branch), stax.Identity()), stax.FanInSum()
+    )
+    return [
+        stax.Dense(n, W_std=1.2, b_std=0.2),
+        block,
+        stax.Relu(),
+        stax.Dense(1, W_std=1.1, b_std=0.1),
+    ]
+
+
+def _rated_mlp(rates: Sequence[float]) -> Builder:
+    """The `_mlp` network with `LearningRate(Dense_i, rates[i])`."""
+
+    def build(n: int) -> list[Layer]:
+        rate = iter(rates)  # `_mlp` wraps its Dense layers in order
+        every = set(range(len(_MLP_WEIGHTS)))
+        return _mlp(_MLP_WEIGHTS, every)(
+            n, freeze=lambda d: LearningRate(d, next(rate))
+        )
+
+    return build
+
+
+def _rated_residual(rates: Sequence[float]) -> Builder:
+    """`_residual` with rates (first Dense, residual branch, readout)."""
+
+    def build(n: int) -> list[Layer]:
+        first, block, relu, readout = _residual(
+            n, freeze=lambda branch: LearningRate(branch, rates[1])
+        )
+        return [
+            LearningRate(first, rates[0]),
+            block,
+            relu,
+            LearningRate(readout, rates[2]),
+        ]
+
+    return build
+
+
+def _rated(name, description, build, rates, input_shape) -> Architecture:
+    """An architecture with per-layer `rates`; controls: unrated, rates swapped."""
+    return Architecture(
+        name,
+        description,
+        build(rates),
+        input_shape,
+        controls={
+            "unrated": build((1.0,) * len(rates)),
+            "swapped_rates": build(tuple(rates)[::-1]),
+        },
+    )
+
+
+_MLP_INPUTS = (8, 16)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        Architecture(
+            "mlp-frozen-first",
+            "MLP 16-n-n-1, NTK param., first Dense frozen",
+            _mlp(_MLP_WEIGHTS, {0}),
+            _MLP_INPUTS,
+        ),
+        Architecture(
+            "mlp-frozen-middle",
+            "MLP 16-n-n-1, NTK param., middle Dense frozen",
+            _mlp(_MLP_WEIGHTS, {1}),
+            _MLP_INPUTS,
+        ),
+        Architecture(
+            "mlp-frozen-last",
+            "MLP 16-n-n-1, NTK param., readout Dense frozen",
+            _mlp(_MLP_WEIGHTS, {2}),
+            _MLP_INPUTS,
+        ),
+        Architecture(
+            "mlp-readout-only",
+            "MLP 16-n-n-1, NTK param., all but the readout frozen (NTK = NNGP)",
+            _mlp(_MLP_WEIGHTS, {0, 1}),
+            _MLP_INPUTS,
+        ),
+        Architecture(
+            "mlp-standard-frozen-last",
+            "MLP 16-n-n-1, standard param., readout Dense frozen",
+            _mlp(_MLP_WEIGHTS, {2}, "standard"),
+            _MLP_INPUTS,
+        ),
+        Architecture(
+            "cnn-frozen-conv-block",
+            "CNN 4x4x2 images, n/4 channels, frozen Conv+AvgPool block",
+            _cnn,
+            (4, 4, 4, 2),
+            width_divisor=4,
+        ),
+        Architecture(
+            "residual-frozen-branch",
+            "Dense then residual block whose Relu-Dense branch is frozen",
+            _residual,
+            _MLP_INPUTS,
+        ),
+        _rated(
+            "mlp-rates",
+            "MLP 16-n-n-1, NTK param., first Dense x0.1, readout x10 (LearningRate)",
+            _rated_mlp,
+            (0.1, 1.0, 10.0),
+            _MLP_INPUTS,
+        ),
+        _rated(
+            "residual-rates",
+            "Dense x10, then a residual block whose branch trains x0.1, frozen readout",
+            _rated_residual,
+            (10.0, 0.1, 0.0),
+            _MLP_INPUTS,
+        ),
+    )
+}
+
+
+def load_architecture(spec: str, input_shape: tuple[int, ...] = _MLP_INPUTS):
+    """A built-in architecture by name, or a user's `module:function`.
+
+    The user function takes the width and returns a stax triple (or a list of
+    layers for `stax.serial`); if it also takes `freeze`, it should apply it to
+    the frozen layers (default `Frozen`), and the sweep runs the controls.
+    `module` is an importable module name or a path to a `.py` file.
+    """
+    if spec in ARCHITECTURES:
+        return ARCHITECTURES[spec]
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown architecture {spec!r}: use one of "
+            f"{', '.join(ARCHITECTURES)} or 'module:function' for your own network."
+        )
+    module_name, _, function_name = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"architecture {spec!r}: no file {path}.")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name.partition(".")[0]:
+                raise  # the module exists, but an import inside it failed
+            path = Path(*module_name.split(".")).with_suffix(".py")
+            here = (
+                f"{path} is in the working directory, but that directory is not "
+                f"on Python's import path"
+                if path.is_file()
+                else "the working directory is not on Python's import path"
+            )
+            raise ImportError(
+                f"architecture {spec!r}: no module named {module_name!r} ({here}). "
+                f"Pass the file instead, {path}:{function_name}, or set "
+                f"PYTHONPATH=. to import from the working directory."
+            ) from None
+    build = getattr(module, function_name, None)
+    if not callable(build):
+        raise AttributeError(
+            f"architecture {spec!r}: {module_name} has no function "
+            f"{function_name!r}."
+        )
+    doc = (inspect.getdoc(build) or "").split("\n")[0]
+    return Architecture(spec, doc or f"user network {spec}", build, input_shape)

@@ -1,0 +1,290 @@
+"""`nt-frozen validate`: the validation sweep from the command line.
+
+    nt-frozen validate                       # built-in architectures, ~1 min on CPU
+    nt-frozen validate --widths 1024 4096 16384 --samples 16 --device gpu
+    nt-frozen validate --arch my_nets.py:wide_resnet --input-shape 4,8,8,3
+
+Writes `validation.json` and `validation.png` to `--out` and exits with 0 when
+every architecture PASSes and every control FAILs, 1 otherwise. Each finished
+width is saved to `--out`/widths as the sweep goes; `--resume` continues an
+interrupted sweep from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WIDTHS = (128, 512, 2048)
+DEFAULT_SAMPLES = 16
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 256,1024 or '256 1024', got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nt-frozen",
+        description="Frozen layers for infinite-width networks (neural-tangents).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    validate = commands.add_parser(
+        "validate",
+        help="analytic frozen NTK vs finite-width empirical NTKs across widths",
+        description=(
+            "For each architecture and width, draw --samples finite networks, "
+            "compare their empirical NTKs (trainable parameters only) with the "
+            "analytic frozen NTK, fit the log-log slope of the error, and give a "
+            "verdict. Controls (the unfrozen NTK and the 'identity' guess) must "
+            "FAIL. Exit code 0 when all verdicts are as expected."
+        ),
+    )
+    validate.add_argument(
+        "--arch",
+        action="append",
+        metavar="NAME|MODULE:FUNCTION",
+        help="architecture to sweep (repeatable; default: all built-ins). "
+        "MODULE:FUNCTION names your own `function(width[, freeze])` returning a "
+        "stax triple or a list of layers; MODULE may be a path to a .py file.",
+    )
+    validate.add_argument(
+        "--list-archs", action="store_true", help="list built-in architectures"
+    )
+    validate.add_argument(
+        "--widths",
+        nargs="+",
+        type=_int_list,
+        metavar="N",
+        help=f"widths, e.g. 256 1024 4096 or 256,1024 (default: "
+        f"{' '.join(map(str, DEFAULT_WIDTHS))}; a CNN uses width/4 channels)",
+    )
+    validate.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"networks drawn per width (default {DEFAULT_SAMPLES})",
+    )
+    validate.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    validate.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/validate"),
+        help="folder for validation.json and validation.png (default "
+        "out/validate); each finished width is saved in its widths/ subfolder "
+        "as the sweep goes, and removed once validation.json is written",
+    )
+    validate.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep from the widths saved in --out "
+        "(same draws as an uninterrupted run); refused if they were computed "
+        "with other settings (architectures, input shape, --samples, --seed, "
+        "--x64, --implementation, device kind, package versions)",
+    )
+    validate.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu", "tpu"),
+        default="auto",
+        help="where to compute (default: JAX's default device)",
+    )
+    validate.add_argument(
+        "--x64", action="store_true", help="float64 (default float32)"
+    )
+    validate.add_argument(
+        "--implementation",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="nt.empirical_ntk_fn implementation: 1 Jacobian contraction, "
+        "2 NTK-vector products, 3 structured derivatives (default: the fastest "
+        "exact path, see nt_frozen/structured.py)",
+    )
+    validate.add_argument(
+        "--input-shape",
+        type=_int_list,
+        default=[8, 16],
+        metavar="SHAPE",
+        help="input shape for MODULE:FUNCTION architectures (default 8,16)",
+    )
+    validate.add_argument(
+        "--no-progress", action="store_true", help="no progress bar on stderr"
+    )
+    return parser
+
+
+def _select_device(name: str):
+    import jax
+
+    if name == "auto":
+        return jax.devices()[0]
+    try:
+        return jax.devices(name)[0]
+    except RuntimeError as e:
+        raise SystemExit(
+            f"nt-frozen validate: --device {name}: JAX sees no {name.upper()} "
+            f"({e}). Available: {jax.devices()}. Install the matching jax "
+            f"extra (e.g. pip install 'jax[cuda12]') or use --device cpu/auto."
+        ) from None
+
+
+def _metadata(args: argparse.Namespace, argv: Sequence[str], device) -> dict[str, Any]:
+    import jax
+
+    from nt_frozen.validation.sweep import package_versions
+
+    return {
+        "command": shlex.join(["nt-frozen", *argv]),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "versions": package_versions() | {"python": platform.python_version()},
+        "device": {
+            "platform": device.platform,
+            "kind": getattr(device, "device_kind", device.platform),
+            "repr": str(device),
+            "count": jax.device_count(device.platform),
+            "host": platform.node(),
+        },
+        "dtype": "float64" if args.x64 else "float32",
+        "samples": args.samples,
+        "seed": args.seed,
+        "implementation": args.implementation,
+    }
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise SystemExit(
+            f"nt-frozen validate: --out {out}: cannot write there ({e}); choose a "
+            f"writable folder."
+        ) from None
+
+
+def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import jax
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    from nt_frozen.validation.architectures import ARCHITECTURES, load_architecture
+    from nt_frozen.validation.report import (
+        finite_or_null,
+        format_table,
+        save_sweep_figure,
+        write_json_atomic,
+    )
+    from nt_frozen.validation.sweep import run_validation
+
+    if args.list_archs:
+        for arch in ARCHITECTURES.values():
+            print(f"{arch.name:<26} {arch.description}")
+        return 0
+    widths = sorted({w for group in (args.widths or [DEFAULT_WIDTHS]) for w in group})
+    try:
+        archs = [
+            load_architecture(spec, tuple(args.input_shape))
+            for spec in (args.arch or ARCHITECTURES)
+        ]
+    except (ValueError, ImportError, AttributeError, FileNotFoundError) as e:
+        raise SystemExit(f"nt-frozen validate: --arch: {e}") from None
+
+    _check_writable(args.out)  # before the sweep, not after it
+    checkpoint = args.out / "widths"
+    device = _select_device(args.device)
+    meta = _metadata(args, argv, device)
+    print(
+        f"nt-frozen validate: {len(archs)} architecture(s), widths "
+        f"{' '.join(map(str, widths))}, {args.samples} draws per width, "
+        f"{meta['dtype']} on {meta['device']['kind']} ({device})"
+    )
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    with (
+        jax.default_device(device),
+        tqdm(
+            total=len(archs) * len(widths),
+            disable=args.no_progress,
+            file=sys.stderr,
+            unit="width",
+            desc="sweep",
+        ) as bar,
+    ):
+
+        def progress(name: str, width: int) -> None:
+            bar.set_postfix_str(f"{name} n={width}")
+            bar.update(1)
+
+        try:
+            results = run_validation(
+                archs,
+                widths,
+                args.samples,
+                args.seed,
+                args.implementation,
+                progress,
+                checkpoint,
+                args.resume,
+            )
+        except ValueError as e:  # bad settings, or widths that cannot resume
+            raise SystemExit(
+                f"nt-frozen validate: {e} (--samples, --widths, --resume and "
+                f"--out set these)"
+            ) from None
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"\ninterrupted: the finished widths are saved in {checkpoint}; "
+                f"rerun with --resume to continue.",
+                file=sys.stderr,
+            )
+            return 130
+    elapsed = time.perf_counter() - start
+
+    print(format_table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = meta | {
+        "widths": widths,
+        "elapsed_s": elapsed,
+        "passed": all(r.ok for r in results),
+        "architectures": [r.to_json() for r in results],
+    }
+    # Strict JSON: an undefined statistic is null (its verdict says why).
+    json_path = write_json_atomic(
+        args.out / "validation.json", finite_or_null(report), indent=1, allow_nan=False
+    )
+    png_path = save_sweep_figure(results, args.out / "validation.png")
+    shutil.rmtree(checkpoint)  # validation.json now holds every width's result
+    print(f"\nwrote {json_path} and {png_path} ({elapsed:.0f} s)")
+    return 0 if report["passed"] else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        return validate(args, argv)
+    raise AssertionError(args.command)  # argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

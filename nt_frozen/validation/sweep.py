@@ -1,0 +1,305 @@
+"""The sweep: empirical NTK draws and analytic kernels, width by width,
+saved as each width finishes and resumed from what was saved."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nt_frozen.empirical import empirical_ntk_fn
+from nt_frozen.validation.architectures import Architecture
+from nt_frozen.validation.report import write_json_atomic
+from nt_frozen.validation.statistics import (
+    ArchitectureResult,
+    Comparison,
+    compare,
+    relative_frobenius_error,
+)
+
+# Controls closer than this (relative) to the frozen kernel are the same kernel
+# (e.g. the identity guess for a frozen *first* layer, whose input NTK is 0).
+SAME_KERNEL_RTOL = 1e-6
+
+
+def empirical_draws_fn(
+    arch: Architecture, width: int, samples: int, implementation: int | None = None
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """`(key, x) -> (samples, *ntk.shape)`: draw `samples` networks, return
+    their empirical NTKs.
+
+    The parameters are sampled op by op: each of `init_fn`'s random calls runs
+    JAX's kernel compiled once per shape, shared by every width and
+    architecture with that shape, whereas compiling the sampling into a jitted
+    function costs seconds per width. The NTK is compiled once per width, and
+    one draw's parameters are alive at a time (or a few, dispatch being async).
+    """
+    init_fn, apply_fn, _ = arch.network(width)
+    ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, implementation=implementation))
+
+    def draws(key, x):
+        keys = jax.random.split(key, samples)
+        return jnp.stack([ntk_fn(x, None, init_fn(k, x.shape)[1]) for k in keys])
+
+    return draws
+
+
+def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
+    """Jitted `x -> {"frozen": ntk, control: ntk, ...}`: one compile per width
+    for the frozen kernel and every control (run op by op, each costs seconds)."""
+    networks = {"frozen": arch.network(width)}
+    if arch.has_controls:
+        networks |= {c: arch.control_network(c, width) for c in arch.control_names}
+    kernel_fns = {name: network[2] for name, network in networks.items()}
+    return jax.jit(lambda x: {n: k(x, None, "ntk") for n, k in kernel_fns.items()})
+
+
+def width_kernels(
+    arch: Architecture,
+    width: int,
+    samples: int,
+    key: jax.Array,
+    x: jax.Array,
+    implementation: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One width of the sweep: the `samples` empirical NTKs drawn with `key`,
+    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays)."""
+    draws = empirical_draws_fn(arch, width, samples, implementation)(key, x)
+    analytic = analytic_ntks_fn(arch, width)(x)
+    # One host transfer per width, after all draws.
+    return np.asarray(draws), {n: np.asarray(k) for n, k in analytic.items()}
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed versions that a sweep's numbers depend on."""
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    names = ("nt-frozen", "jax", "jaxlib", "neural-tangents", "numpy")
+    return {name: version(name) for name in names}
+
+
+def sweep_settings(
+    architectures: Sequence[Architecture],
+    samples: int,
+    seed: int,
+    implementation: int | None = None,
+) -> dict[str, Any]:
+    """What determines a sweep's draws: saved widths resume only under equal
+    settings (the widths themselves may differ: each width's draws depend on
+    the seed, the architecture's position and the width only)."""
+
+    [device] = jnp.zeros(()).devices()  # the default device, honouring contexts
+    return {
+        "architectures": [
+            {
+                "name": a.name,
+                "input_shape": list(a.input_shape),
+                "width_divisor": a.width_divisor,
+            }
+            for a in architectures
+        ],
+        "samples": samples,
+        "seed": seed,
+        "implementation": implementation,
+        "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
+        "device_kind": getattr(device, "device_kind", device.platform),
+        "versions": package_versions(),
+    }
+
+
+def _width_path(folder: Path, index: int, arch: Architecture, width: int) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch.name)
+    return folder / f"{index:02d}-{name}-n{width}.json"
+
+
+def _load_width(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A saved width's kernels, refusing one saved under other settings."""
+    try:
+        saved = json.loads(path.read_text())
+        saved_settings = saved["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"cannot read the saved width {path} ({e}); delete it to recompute "
+            f"that width."
+        ) from None
+    differ = [
+        f"{k} {saved_settings.get(k)!r} (saved) vs {settings[k]!r} (now)"
+        for k in settings
+        if saved_settings.get(k) != settings[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"cannot resume from {path.parent}: its widths were computed with "
+            f"other settings ({'; '.join(differ)}). Rerun with the saved "
+            f"settings, or write to another folder."
+        )
+    return saved
+
+
+def sweep_architecture(
+    arch: Architecture,
+    widths: Sequence[int],
+    samples: int,
+    key: jax.Array,
+    implementation: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    save: Callable[[int, dict[str, Any]], None] | None = None,
+    load: Callable[[int], dict[str, Any] | None] | None = None,
+) -> ArchitectureResult:
+    """Run the sweep for one architecture; see the module docstring.
+
+    `save(width, kernels)` is called with each finished width's kernels;
+    `load(width)` returns a saved width's kernels (or None to compute it).
+    """
+    start = time.perf_counter()
+    x_key, draw_key = jax.random.split(key)
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    x = jax.random.normal(x_key, arch.input_shape, dtype)
+    layer_widths = [arch.layer_width(w) for w in widths]
+    names = ["frozen", *arch.control_names] if arch.has_controls else ["frozen"]
+    draws, analytic = [], {"frozen": []} | {c: [] for c in arch.control_names}
+    for width in widths:
+        saved = None if load is None else load(width)
+        if saved is None:
+            d, a = width_kernels(
+                arch,
+                width,
+                samples,
+                jax.random.fold_in(draw_key, width),
+                x,
+                implementation,
+            )
+            if save is not None:
+                save(width, {"draws": d, "analytic": a})
+        else:
+            np_dtype = np.dtype(saved["dtype"])
+            d = np.asarray(saved["draws"], np_dtype)
+            a = {k: np.asarray(v, np_dtype) for k, v in saved["analytic"].items()}
+        draws.append(d)
+        for name in names:
+            analytic[name].append(a[name])
+        if progress is not None:  # called once per finished (architecture, width)
+            progress(arch.name, arch.layer_width(width))
+
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    frozen = compare(layer_widths, draws, analytic["frozen"], seed)
+    controls: dict[str, Comparison | str] = {}
+    for name in arch.control_names:
+        if not arch.has_controls:
+            controls[name] = "the builder takes no `freeze` argument"
+        elif all(
+            relative_frobenius_error(c, f) < SAME_KERNEL_RTOL
+            for c, f in zip(analytic[name], analytic["frozen"])
+        ):
+            controls[name] = "equals the frozen kernel for this architecture"
+        else:
+            controls[name] = compare(layer_widths, draws, analytic[name], seed)
+    return ArchitectureResult(
+        arch.name, arch.description, frozen, controls, time.perf_counter() - start
+    )
+
+
+def run_validation(
+    architectures: Iterable[Architecture],
+    widths: Sequence[int],
+    samples: int = 8,
+    seed: int = 0,
+    implementation: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> list[ArchitectureResult]:
+    """Sweep every architecture over `widths` with `samples` draws per width.
+
+    With a `checkpoint` folder, each finished (architecture, width) is written
+    there at once (atomically, with the kernels and the `sweep_settings`), so
+    an interrupted sweep loses at most the width in progress. `resume=True`
+    reads the widths saved there instead of recomputing them (the draws are
+    the same: each width's key is derived from `seed`), and refuses a folder
+    saved under other settings; without it, a folder holding saved widths is
+    refused rather than overwritten.
+
+    Example:
+      >>> from nt_frozen.validation import ARCHITECTURES, run_validation
+      >>> [result] = run_validation(
+      ...     [ARCHITECTURES["mlp-frozen-middle"]], widths=[128, 512], samples=4)
+      >>> result.frozen.verdict, result.controls["unfrozen"].verdict
+      ('PASS', 'FAIL')
+    """
+    if samples < 2:
+        raise ValueError(
+            f"samples={samples}: must be at least 2 (the noise is estimated)."
+        )
+    widths = sorted(set(int(w) for w in widths))
+    if len(widths) < 2 or widths[0] < 1:
+        raise ValueError(
+            f"widths={widths}: need at least 2 distinct positive widths to fit "
+            f"the error's slope."
+        )
+    architectures = list(architectures)
+    if not architectures:
+        raise ValueError("architectures is empty: pass at least one.")
+    key = jax.random.PRNGKey(seed)
+    folder = None if checkpoint is None else Path(checkpoint)
+    settings = sweep_settings(architectures, samples, seed, implementation)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = sorted(folder.glob("*.json"))
+        if saved and not resume:
+            raise ValueError(
+                f"checkpoint {folder} holds {len(saved)} saved width(s) of an "
+                f"earlier sweep: resume it (resume=True), or delete the folder to "
+                f"start afresh."
+            )
+        for path in saved:  # refuse mixed settings before any work
+            _load_width(path, settings)
+
+    results = []
+    for i, arch in enumerate(architectures):
+        save = load = None
+        if folder is not None:
+
+            def save(width, kernels, i=i, arch=arch):
+                a = kernels["analytic"]
+                record = {
+                    "settings": settings,
+                    "architecture": arch.name,
+                    "width": width,
+                    "dtype": kernels["draws"].dtype.name,
+                    "draws": kernels["draws"].tolist(),
+                    "analytic": {k: v.tolist() for k, v in a.items()},
+                }
+                write_json_atomic(_width_path(folder, i, arch, width), record)
+
+            def load(width, i=i, arch=arch):
+                path = _width_path(folder, i, arch, width)
+                return _load_width(path, settings) if path.exists() else None
+
+        results.append(
+            sweep_architecture(
+                arch,
+                widths,
+                samples,
+                jax.random.fold_in(key, i),
+                implementation,
+                progress,
+                save,
+                load,
+            )
+        )
+    return results
