@@ -56,6 +56,7 @@ import importlib.metadata
 import inspect
 import sys
 import types
+from typing import Any
 
 import jax
 import numpy as np
@@ -113,6 +114,11 @@ def _set_missing(obj, name: str, value) -> None:
         setattr(obj, name, value)
 
 
+def _nt_module(name: str) -> Any:
+    """One of NT's modules, to read and patch: NT is untyped, so is this."""
+    return importlib.import_module(name)
+
+
 # -- 2. JAX names NT reads ---------------------------------------------------
 
 
@@ -143,7 +149,7 @@ def _restore_jax_util() -> None:
         module.safe_map = src_util.safe_map
         module.safe_zip = src_util.safe_zip
         sys.modules["jax.util"] = module
-        jax.util = module
+        _set_missing(jax, "util", module)
 
 
 def _restore_ad() -> None:
@@ -193,15 +199,15 @@ class _OutputPval:
 
 
 def _flat_tree_flatten():
-    """`FlatTree` construction, which moved between JAX releases."""
+    """`FlatTree` construction, which moved between JAX releases.
+
+    Looked up by name: each place exists on some JAX releases only, so a static
+    import would not type-check on the others.
+    """
     try:  # jax 0.12: `FlatTree` lives in `jax._src.flattree`.
-        from jax._src.flattree import flatten
-
-        return flatten
+        return importlib.import_module("jax._src.flattree").flatten
     except ImportError:  # jax 0.10
-        from jax._src.tree_util import FlatTree
-
-        return FlatTree.flatten
+        return importlib.import_module("jax._src.tree_util").FlatTree.flatten
 
 
 def _linearize_wrapped_fun(fun, *primals, has_aux: bool = False):
@@ -237,6 +243,12 @@ def _flops(f, optimize: bool, *args, **kwargs) -> float:
     # list of them (NT indexes `[0]`: `KeyError: 0`); accept both.
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
+    if analysis is None:  # a backend without XLA's cost model
+        raise NotImplementedError(
+            "empirical_ntk_fn(implementation=0) (AUTO) compares the flops XLA "
+            "estimates, which this backend does not report; pass "
+            "implementation=1, 2 or 3."
+        )
     return analysis["flops"]
 
 
@@ -250,7 +262,7 @@ def _adapt_structured_derivatives() -> None:
     from jax._src.interpreters import ad as src_ad
     from jax.interpreters import ad
 
-    empirical = importlib.import_module("neural_tangents._src.empirical")
+    empirical = _nt_module("neural_tangents._src.empirical")
     if not _is_marked(empirical.ad):
         names = dict(
             # These left the public `jax.interpreters.ad` for `jax._src`
@@ -296,7 +308,7 @@ def _adapt_predict(nt: types.ModuleType) -> None:
     has nothing concrete to cache: for it, run NT's own code with a no-op
     `eval_context`. Concrete kernels keep NT's path unchanged.
     """
-    predict = importlib.import_module("neural_tangents._src.predict")
+    predict = _nt_module("neural_tangents._src.predict")
     original = predict.gradient_descent_mse
     if _is_marked(original):
         return
@@ -333,7 +345,7 @@ def _adapt_scipy_eigvalsh() -> None:
     import scipy
     import scipy.linalg
 
-    predict = importlib.import_module("neural_tangents._src.predict")
+    predict = _nt_module("neural_tangents._src.predict")
     if _is_marked(predict.sp) or (
         "eigvals" in inspect.signature(scipy.linalg.eigvalsh).parameters
     ):
@@ -361,7 +373,7 @@ def _adapt_batching() -> None:
     `Dropout` rescales its diagonal). `x1` equals `x2` exactly when the block
     grid is square, the shapes agree and every diagonal block says so.
     """
-    batching = importlib.import_module("neural_tangents._src.batching")
+    batching = _nt_module("neural_tangents._src.batching")
     original = batching._flatten_kernel_dict
     if _is_marked(original):
         return

@@ -191,14 +191,18 @@ def check_apply(
 
 
 def check_targets(
-    init_fn: Callable,
-    apply_fn: Callable,
+    init_fn: Callable | None,
+    apply_fn: Callable | None,
     x_train: jax.Array,
     y_train: jax.Array,
     x_test: jax.Array | None,
     where: str,
 ) -> None:
-    """`y_train` of shape `(len(x_train), network outputs)`; `x_test` like `x_train`."""
+    """`y_train` of shape `(len(x_train), network outputs)`; `x_test` like `x_train`.
+
+    Without `init_fn` and `apply_fn` (None: no network, e.g. kernel-only
+    prediction) the number of outputs is not checked.
+    """
     n_train = np.shape(x_train)[0]
     if np.ndim(y_train) != 2 or np.shape(y_train)[0] != n_train:
         raise ValueError(

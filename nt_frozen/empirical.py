@@ -92,6 +92,26 @@ def empirical_ntk_fn(
       >>> empirical_ntk_fn(apply_fn)(x, None, params).shape
       (3, 3)
     """
+    unchecked_ntk_fn = _unchecked_ntk_fn(
+        apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, nt_options
+    )
+
+    def ntk_fn(x1, x2, params, **apply_fn_kwargs):
+        _check_inputs(apply_fn, x1, x2, params, "empirical_ntk_fn", apply_fn_kwargs)
+        return unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs)
+
+    return ntk_fn
+
+
+def _unchecked_ntk_fn(
+    apply_fn: Callable,
+    trace_axes,
+    diagonal_axes,
+    vmap_axes,
+    implementation: int | None,
+    nt_options: dict,
+) -> Callable:
+    """`empirical_ntk_fn` without its input checks (callers that checked)."""
     options = dict(
         trace_axes=trace_axes,
         diagonal_axes=diagonal_axes,
@@ -99,10 +119,6 @@ def empirical_ntk_fn(
         implementation=implementation,
         **nt_options,
     )
-
-    def ntk_fn(x1, x2, params, **apply_fn_kwargs):
-        _check_inputs(apply_fn, x1, x2, params, "empirical_ntk_fn", apply_fn_kwargs)
-        return unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs)
 
     def unchecked_ntk_fn(x1, x2, params, **apply_fn_kwargs):
         if implementation is None:
@@ -130,8 +146,7 @@ def empirical_ntk_fn(
         fn = nt.empirical_ntk_fn(_on_trainable(apply_fn, frozen), **options)
         return fn(x1, x2, trainable, **apply_fn_kwargs)
 
-    ntk_fn.unchecked = unchecked_ntk_fn
-    return ntk_fn
+    return unchecked_ntk_fn
 
 
 def empirical_kernel_fn(
@@ -148,9 +163,9 @@ def empirical_kernel_fn(
     """
     fns = {
         "nngp": nt.empirical_nngp_fn(apply_fn, trace_axes, diagonal_axes),
-        "ntk": empirical_ntk_fn(
-            apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, **nt_options
-        ).unchecked,
+        "ntk": _unchecked_ntk_fn(
+            apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation, nt_options
+        ),
     }
 
     def kernel_fn(x1, x2, get, params, **apply_fn_kwargs):

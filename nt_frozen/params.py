@@ -264,18 +264,18 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
     Raises:
       ValueError: naming the first place where the layouts or shapes differ.
     """
-    like_plain = unfreeze(like)
-    paths_like = jax.tree_util.tree_flatten_with_path(like_plain)[0]
-    paths_params = jax.tree_util.tree_flatten_with_path(unfreeze(params))[0]
-    if jax.tree_util.tree_structure(like_plain) != jax.tree_util.tree_structure(
-        unfreeze(params)
-    ):
+    like_plain, plain = unfreeze(like), unfreeze(params)
+    # Any: jaxlib ships no type stubs for `PyTreeDef`, so mypy cannot compare it.
+    expected: Any = jax.tree_util.tree_structure(like_plain)
+    got: Any = jax.tree_util.tree_structure(plain)
+    if got != expected:
         raise ValueError(
             "freeze_like: params do not have the layout of the frozen network: "
-            f"expected {jax.tree_util.tree_structure(like_plain)}, got "
-            f"{jax.tree_util.tree_structure(unfreeze(params))}. Were they made by "
-            "the same architecture?"
+            f"expected {expected}, got {got}. Were they made by the same "
+            "architecture?"
         )
+    paths_like = jax.tree_util.tree_flatten_with_path(like_plain)[0]
+    paths_params = jax.tree_util.tree_flatten_with_path(plain)[0]
     for (path, a), (_, b) in zip(paths_params, paths_like):
         if jax.numpy.shape(a) != jax.numpy.shape(b):
             raise ValueError(
@@ -287,6 +287,6 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
     return jax.tree_util.tree_map(
         lambda frozen_here, p: FrozenParams(p) if frozen_here else p,
         mask_like,
-        unfreeze(params),
+        plain,
         is_leaf=lambda x: isinstance(x, bool),
     )

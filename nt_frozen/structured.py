@@ -97,7 +97,7 @@ class _Program:
 _INLINE = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"}
 
 
-def _sub_jaxpr(params: dict):
+def _sub_jaxpr(params: dict) -> tuple[Any, list] | None:
     """The (jaxpr, consts) held by a call-like primitive's params, or None."""
     for value in params.values():
         if isinstance(value, jex_core.ClosedJaxpr):
@@ -635,7 +635,8 @@ def _replay_chain(prog: _Program, t: _Target, p, env: dict):
 
 
 def _chain_consts(prog: _Program, t: _Target) -> set:
-    cur, ids = prog.invars[t.leaf], set()
+    cur = prog.invars[t.leaf]
+    ids: set[int] = set()
     for k in t.chain:
         eqn = prog.eqns[k]
         ids.update(r for r in eqn.ins if not isinstance(r, _Lit) and r != cur)
@@ -681,8 +682,9 @@ def _structured_blocks(
 ):
     """Per block (a set of leaf indices), the NTK of its matched leaves, each
     weighted by its learning rate (Θ = Σ rate · J Jᵀ)."""
-    prog, targets = analysis.prog, analysis.targets
-    leaves = analysis.leaves
+    prog, targets, leaves = analysis.prog, analysis.targets, analysis.leaves
+    # Only a structured analysis (program and leaves known) has targets.
+    assert prog is not None and leaves is not None
     x = x1 if x2 is None else jnp.concatenate([x1, x2.astype(x1.dtype)])
     n1 = x1.shape[0]
     record = {t.a_id for t in targets}
@@ -758,7 +760,7 @@ def _per_example_jacobian(prog, t: _Target, eqn: _Eqn, a, d, p, recorded):
 
     def z_of(p, a_row):
         q = _replay_chain(prog, t, p, recorded)
-        operands = [None, None]
+        operands: list[Any] = [None, None]
         operands[t.q_pos] = q
         operands[1 - t.q_pos] = jnp.expand_dims(a_row, t.a_axis)
         return _bind(eqn, operands)
