@@ -52,22 +52,28 @@ def check_layer(candidate: Any, where: str, name: str = "the layer") -> Layer:
             f"{where}: {name} is the function {fn!r}, not a layer triple "
             f"(init_fn, apply_fn, kernel_fn). Call it first, e.g. stax.{fn}(...)."
         )
-    if not isinstance(candidate, (tuple, list)) or len(candidate) != 3:
-        hint = (
-            " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
-            "which has no analytic kernel_fn: use the neural_tangents.stax layer."
-            if isinstance(candidate, (tuple, list)) and len(candidate) == 2
-            else ""
-        )
+    if not isinstance(candidate, (tuple, list)):
         raise TypeError(
             f"{where}: {name} is not a layer triple (init_fn, apply_fn, "
             f"kernel_fn) of neural_tangents.stax: got "
-            f"{type(candidate).__name__} {candidate!r}.{hint}"
+            f"{type(candidate).__name__} {candidate!r}."
+        )
+    if len(candidate) != 3:
+        hint = (
+            " A pair (init_fn, apply_fn) is a jax.example_libraries.stax layer, "
+            "which has no analytic kernel_fn: use the neural_tangents.stax layer."
+            if len(candidate) == 2
+            else ""
+        )
+        raise ValueError(
+            f"{where}: {name} is not a layer triple (init_fn, apply_fn, "
+            f"kernel_fn) of neural_tangents.stax: got a sequence of "
+            f"{len(candidate)} items.{hint}"
         )
     for role, fn in zip(("init_fn", "apply_fn", "kernel_fn"), candidate):
         if not callable(fn):
             raise TypeError(
-                f"{where}: the {role} of {name} is not callable: "
+                f"{where}: in {name}, {role} must be callable, got "
                 f"{type(fn).__name__} {fn!r}."
             )
     init_fn, apply_fn, kernel_fn = candidate

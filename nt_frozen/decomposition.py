@@ -118,7 +118,9 @@ def _parse_groups(
     if groups is None:
         return None
     if isinstance(groups, Mapping):
-        items = [(str(label), spec) for label, spec in groups.items()]
+        items: list[tuple[str | None, Any]] = [
+            (str(label), spec) for label, spec in groups.items()
+        ]
     elif isinstance(groups, Sequence) and not isinstance(groups, str):
         items = [(None, spec) for spec in groups]
     else:

@@ -151,8 +151,8 @@ def _rated_mlp(rates: Sequence[float]) -> Builder:
     def build(n: int) -> list[Layer]:
         rate = iter(rates)  # `_mlp` wraps its Dense layers in order
         every = set(range(len(_MLP_WEIGHTS)))
-        return _mlp(_MLP_WEIGHTS, every)(
-            n, freeze=lambda d: LearningRate(d, next(rate))
+        return list(
+            _mlp(_MLP_WEIGHTS, every)(n, freeze=lambda d: LearningRate(d, next(rate)))
         )
 
     return build
@@ -276,6 +276,8 @@ def load_architecture(spec: str, input_shape: tuple[int, ...] = _MLP_INPUTS):
         if not path.is_file():
             raise FileNotFoundError(f"architecture {spec!r}: no file {path}.")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"architecture {spec!r}: cannot load {path} as Python.")
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
@@ -299,8 +301,7 @@ def load_architecture(spec: str, input_shape: tuple[int, ...] = _MLP_INPUTS):
     build = getattr(module, function_name, None)
     if not callable(build):
         raise AttributeError(
-            f"architecture {spec!r}: {module_name} has no function "
-            f"{function_name!r}."
+            f"architecture {spec!r}: {module_name} has no function {function_name!r}."
         )
     doc = (inspect.getdoc(build) or "").split("\n")[0]
     return Architecture(spec, doc or f"user network {spec}", build, input_shape)

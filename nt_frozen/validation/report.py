@@ -217,7 +217,8 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
     spare = list(axes.flat)[len(results) :]
     for ax in spare:
         ax.set_axis_off()
-    legend = {}  # one entry per label, over all panels (controls can be skipped)
+    # One entry per label, over all panels (controls can be skipped).
+    legend: dict[str, Any] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)

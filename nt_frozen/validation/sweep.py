@@ -116,7 +116,7 @@ def sweep_settings(
         "samples": samples,
         "seed": seed,
         "implementation": implementation,
-        "dtype": "float64" if jax.config.jax_enable_x64 else "float32",
+        "dtype": jnp.zeros(()).dtype.name,  # float64 under jax_enable_x64
         "device_kind": getattr(device, "device_kind", device.platform),
         "versions": package_versions(),
     }
@@ -168,11 +168,12 @@ def sweep_architecture(
     """
     start = time.perf_counter()
     x_key, draw_key = jax.random.split(key)
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    dtype = jnp.zeros(()).dtype  # float64 under jax_enable_x64
     x = jax.random.normal(x_key, arch.input_shape, dtype)
     layer_widths = [arch.layer_width(w) for w in widths]
     names = ["frozen", *arch.control_names] if arch.has_controls else ["frozen"]
-    draws, analytic = [], {"frozen": []} | {c: [] for c in arch.control_names}
+    draws: list[np.ndarray] = []
+    analytic: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for width in widths:
         saved = None if load is None else load(width)
         if saved is None:
