@@ -258,15 +258,31 @@ def unfreeze(params: PyTree) -> PyTree:
 
 
 def freeze_like(params: PyTree, like: PyTree) -> PyTree:
-    """Mark `params` (e.g. pretrained, from an unfrozen network) frozen where
-    `like` (parameters of the frozen network, e.g. from its `init_fn`) is.
+    """Mark `params` (e.g. pretrained, from an unfrozen network) as `like`
+    (parameters of the frozen network, e.g. from its `init_fn`) is marked:
+    frozen where it is frozen, and with its learning rates
+    (:class:`~nt_frozen.RatedParams`) where it has them.
 
     Raises:
       ValueError: naming the first place where the layouts or shapes differ.
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen import Frozen, LearningRate, stax, freeze_like
+      >>> from nt_frozen import is_frozen, learning_rates
+      >>> x_shape = (1, 3)
+      >>> _, pretrained = stax.serial(stax.Dense(4), stax.Dense(1))[0](
+      ...     jax.random.PRNGKey(0), x_shape)
+      >>> init_fn = stax.serial(
+      ...     Frozen(stax.Dense(4)), LearningRate(stax.Dense(1), 10.))[0]
+      >>> _, like = init_fn(jax.random.PRNGKey(1), x_shape)
+      >>> marked = freeze_like(pretrained, like)
+      >>> is_frozen(marked[0]), jax.tree_util.tree_leaves(learning_rates(marked))
+      (True, [0.0, 10.0])
     """
-    like_plain, plain = unfreeze(like), unfreeze(params)
+    plain_like, plain = _unmarked(like), _unmarked(params)
     # Any: jaxlib ships no type stubs for `PyTreeDef`, so mypy cannot compare it.
-    expected: Any = jax.tree_util.tree_structure(like_plain)
+    expected: Any = jax.tree_util.tree_structure(plain_like)
     got: Any = jax.tree_util.tree_structure(plain)
     if got != expected:
         raise ValueError(
@@ -274,7 +290,7 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
             f"expected {expected}, got {got}. Were they made by the same "
             "architecture?"
         )
-    paths_like = jax.tree_util.tree_flatten_with_path(like_plain)[0]
+    paths_like = jax.tree_util.tree_flatten_with_path(plain_like)[0]
     paths_params = jax.tree_util.tree_flatten_with_path(plain)[0]
     for (path, a), (_, b) in zip(paths_params, paths_like):
         if jax.numpy.shape(a) != jax.numpy.shape(b):
@@ -283,10 +299,23 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
                 f"{jax.numpy.shape(a)}, the frozen network expects "
                 f"{jax.numpy.shape(b)}."
             )
-    mask_like = jax.tree_util.tree_map(lambda x: is_frozen(x), like, is_leaf=is_frozen)
+    # Markers are nodes with one child, so `like`'s tree holds the same leaves
+    # in the same order: rebuild it around the values of `params`.
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(plain)
+    )
+
+
+def _unmarked(params: PyTree) -> PyTree:
+    """`params` without any marker node (frozen or rated)."""
+    # Imported here: `nt_frozen.rates` builds on this module.
+    from nt_frozen.rates import RatedParams
+
+    def visit(node):
+        if isinstance(node, (FrozenParams, RatedParams)):
+            return _unmarked(node.params)
+        return node
+
     return jax.tree_util.tree_map(
-        lambda frozen_here, p: FrozenParams(p) if frozen_here else p,
-        mask_like,
-        plain,
-        is_leaf=lambda x: isinstance(x, bool),
+        visit, params, is_leaf=lambda n: isinstance(n, (FrozenParams, RatedParams))
     )

@@ -42,6 +42,7 @@ from nt_frozen import (
     RatedParams,
     empirical_ntk_decomposition,
     empirical_ntk_fn,
+    freeze_like,
     learning_rates,
     merge,
     nt,
@@ -587,3 +588,33 @@ def test_validate_sweeps_rated_architectures_and_rejects_their_controls(name):
         for name, control in result.controls.items():
             assert control.verdict == "FAIL", (result.name, name)
         assert result.ok
+
+
+def test_freeze_like_copies_rates_and_frozen_marks():
+    """Pretrained plain parameters take the markers of the rated network's own
+    `init_fn` (the reference), rates and frozen leaves alike."""
+    layers = [
+        LearningRate(stax.Dense(8, b_std=0.1), 0.1),
+        stax.Relu(),
+        Frozen(LearningRate(stax.Dense(8), 3.0)),
+        LearningRate(stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)), 10.0),
+    ]
+    _, like = stax.serial(*layers)[0](jax.random.PRNGKey(0), (2, 5))
+    plain = stax.serial(
+        stax.Dense(8, b_std=0.1),
+        stax.Relu(),
+        stax.Dense(8),
+        stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)),
+    )[0]
+    _, pretrained = plain(jax.random.PRNGKey(7), (2, 5))
+    marked = freeze_like(pretrained, like)
+    structure = jax.tree_util.tree_structure
+    assert structure(marked) == structure(like)
+    assert structure(learning_rates(marked)) == structure(learning_rates(like))
+    rates = jax.tree_util.tree_leaves(learning_rates(marked))
+    assert rates == jax.tree_util.tree_leaves(learning_rates(like))
+    assert sorted(set(rates)) == [0.0, 0.1, 10.0]
+    for got, want in zip(
+        jax.tree_util.tree_leaves(marked), jax.tree_util.tree_leaves(pretrained)
+    ):
+        np.testing.assert_array_equal(got, want)
