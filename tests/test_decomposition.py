@@ -513,8 +513,8 @@ def test_empirical_frozen_layers_groups_and_options(x64):
         (stax.serial(stax.Dense(1)), None, TypeError, "not a list of layers"),
         ([stax.Dense(1), stax.Relu], None, TypeError, r"layers\[1\] is the function"),
         ([stax.Relu, stax.Erf, stax.Relu], None, TypeError, "function 'Relu'"),
-        ([stax.Dense(1), (1, 2, 3)], None, TypeError, r"init_fn of layers\[1\]"),
-        ([stax.Dense(1), stax.Dense(1)[:2]], None, TypeError, "example_libraries"),
+        ([stax.Dense(1), (1, 2, 3)], None, TypeError, r"layers\[1\], init_fn must be"),
+        ([stax.Dense(1), stax.Dense(1)[:2]], None, ValueError, "example_libraries"),
         ([], None, ValueError, "`layers` is empty"),
     ],
 )
