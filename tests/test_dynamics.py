@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nt_frozen import Frozen, empirical_ntk_fn, nt, stax
+from nt_frozen import empirical_ntk_fn, nt
 from nt_frozen.dynamics import (
     INF_WARMUP,
     analytic_prediction,
@@ -68,6 +68,7 @@ from nt_frozen.dynamics import (
     stiffest_mode_time,
     train_ensemble,
 )
+from nt_frozen.testing import FREEZING_PATTERNS, sphere_regression, three_layer_mlp
 from nt_frozen.validation.controls import IdentityGuess
 
 D, N_TRAIN, N_TEST = 8, 10, 6
@@ -78,42 +79,14 @@ W_MIDDLE = 0.5  # far from 1, so that the "identity" guess is visibly wrong
 STEP_FRACTION = 0.05
 TIMES = (1.0, 2.0, 4.0, math.inf)  # finite ones in units of N / lambda_max
 
-# Which of the three Dense layers are frozen.
-CASES = {
-    "frozen_middle": (False, True, False),
-    "readout_only": (True, True, False),
-    "first_layer_only": (False, True, True),
-}
+CASES = FREEZING_PATTERNS
 
-
-def _data():
-    rng = np.random.default_rng(0)
-
-    def sphere(n):
-        x = rng.normal(size=(n, D))
-        return np.sqrt(D) * x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    x_train, x_test = sphere(N_TRAIN), sphere(N_TEST)
-    # Column j: sin(x . v_j / 2); the tests use column 0, the time convention all.
-    directions = np.stack([np.linspace(-1, 1, D), np.cos(np.arange(D)), np.ones(D)])
-    y_train = np.sin(x_train @ directions.T / 2)
-    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
-
-
-X_TRAIN, Y_TRAIN_3, X_TEST = _data()
-Y_TRAIN = Y_TRAIN_3[:, :1]
+X_TRAIN, Y_TRAIN_3, X_TEST = sphere_regression(N_TRAIN, N_TEST, D)
+Y_TRAIN = Y_TRAIN_3[:, :1]  # the tests use column 0, the time convention all
 
 
 def _mlp(width, frozen=(False, False, False), middle=None, outputs=1):
-    dense = [
-        stax.Dense(width, b_std=0.1),
-        stax.Dense(width, W_std=W_MIDDLE, b_std=0.1),
-        stax.Dense(outputs, b_std=0.1),
-    ]
-    dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
-    if middle is not None:
-        dense[1] = middle(dense[1])
-    return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
+    return three_layer_mlp(width, frozen, middle, outputs, w_middle=W_MIDDLE)
 
 
 def _times(kernel_fn):

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err, relu_arccos
 
 from nt_frozen import Frozen, nt, stax
+from nt_frozen.testing import freeze_all_but, inputs, rel_err, relu_arccos
 
 W_STD, B_STD = 1.5, 0.4
 
@@ -105,22 +105,12 @@ FAMILIES = {
 }
 
 
-def inputs(shape, n1=4, n2=3, same=False):
-    x1 = jax.random.normal(jax.random.PRNGKey(10), (n1, *shape))
-    x2 = None if same else jax.random.normal(jax.random.PRNGKey(11), (n2, *shape))
-    return x1, x2
-
-
 def gram_blocks(x1, x2):
     """Input NNGP `x x'^T / d` over all points (x1 then x2), float64, and the
     slice of the (x1, x2) block."""
     x = np.concatenate([x1, x1 if x2 is None else x2]).astype(np.float64)
     n1 = len(x1)
     return x @ x.T / x.shape[1], (slice(0, n1), slice(n1, None))
-
-
-def freeze_all_but(layers, keep: set[int]):
-    return [lyr if i in keep else Frozen(lyr) for i, lyr in enumerate(layers)]
 
 
 @pytest.fixture(params=["float32", "float64"])

@@ -19,9 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_same_fields_but_ntk, is_kernel, linear_part_by_subtraction
 
 from nt_frozen import Frozen, stax
+from nt_frozen.testing import (
+    assert_same_fields_but_ntk,
+    is_kernel,
+    linear_part_by_subtraction,
+)
 
 N1, N2 = 3, 2
 # Trainable blocks ending in an affine layer: NT's nonlinearities, LayerNorm and

@@ -26,12 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
-    assert_same_fields_but_ntk,
-    is_kernel,
-    linear_part_by_subtraction,
-    rel_err,
-)
 from test_dynamics import STEP_FRACTION, X_TEST, X_TRAIN, Y_TRAIN, K, _times
 from test_layers import CASES, _inputs
 
@@ -57,6 +51,12 @@ from nt_frozen.dynamics import (
     dynamics_agreement,
     stiffest_mode_time,
     train_ensemble,
+)
+from nt_frozen.testing import (
+    assert_same_fields_but_ntk,
+    is_kernel,
+    linear_part_by_subtraction,
+    rel_err,
 )
 from nt_frozen.validation import ARCHITECTURES, run_validation
 from nt_frozen.validation.statistics import MAX_SCORE, agreement

@@ -1,0 +1,290 @@
+"""Reference networks and helpers shared by the tests, benchmarks, notebooks
+and the validation sweep.
+
+Independent references (float64 closed forms, a second code path through
+`kernel_fn`), input draws, error measures and the small networks that several
+of them train, defined once so that a test, a benchmark and a notebook mean
+the same thing by "the frozen-middle MLP".
+
+Constants:
+  FREEZING_PATTERNS: which of the three Dense layers of :func:`three_layer_mlp`
+    are frozen, by name: `"frozen_middle"`, `"readout_only"` (only the readout
+    trains) and `"first_layer_only"` (only the first Dense trains).
+
+Example:
+  >>> from nt_frozen import Frozen, stax
+  >>> from nt_frozen.testing import freeze_all_but, inputs, rel_err
+  >>> x1, x2 = inputs((3,), n1=2, n2=2)
+  >>> layers = [stax.Dense(8), stax.Relu(), stax.Dense(1)]
+  >>> frozen = stax.serial(*freeze_all_but(layers, keep={2}))[2]
+  >>> nngp = stax.serial(*layers)[2](x1, x2, "nngp")
+  >>> rel_err(frozen(x1, x2, "ntk"), nngp) < 1e-6  # readout only: the NNGP
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nt_frozen._compat import nt, stax
+from nt_frozen._stax_utils import Layer
+from nt_frozen.frozen import Frozen
+
+__all__ = [
+    "FREEZING_PATTERNS",
+    "assert_same_fields_but_ntk",
+    "fast_jit",
+    "freeze_all_but",
+    "inputs",
+    "is_kernel",
+    "linear_part_by_subtraction",
+    "rel_err",
+    "relu_arccos",
+    "sphere_regression",
+    "three_layer_mlp",
+]
+
+FREEZING_PATTERNS = {
+    "frozen_middle": (False, True, False),
+    "readout_only": (True, True, False),
+    "first_layer_only": (False, True, True),
+}
+
+# XLA's cheapest CPU compilation: for checks of values, not of speed.
+_FAST_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def is_kernel(x: Any) -> bool:
+    """Whether `x` is an `nt.Kernel` (the leaf test for Kernel pytrees).
+
+    Example:
+      >>> from nt_frozen import stax
+      >>> k = stax.Dense(1)[2](jnp.ones((2, 3)), None)
+      >>> is_kernel(k), is_kernel(k.ntk)
+      (True, False)
+    """
+    return isinstance(x, nt.Kernel)
+
+
+def rel_err(a: Any, b: Any) -> float:
+    """Relative Frobenius error `||a - b|| / ||b||`, in float64.
+
+    Example:
+      >>> rel_err([3.0, 4.0], [0.0, 4.0])  # ||(3, 0)|| / ||(0, 4)||
+      0.75
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def relu_arccos(gram: Any) -> tuple[np.ndarray, np.ndarray]:
+    """ReLU's NNGP map and derivative kernel, in float64 numpy.
+
+    The arc-cosine kernels of Cho & Saul (2009), for a full covariance `gram`
+    over all points: an independent reference for `stax.Relu`.
+
+    Args:
+      gram: `(n, n)` covariance of the pre-activations.
+
+    Returns:
+      `(nngp, dot)`: `E[relu(u) relu(v)]` and `E[relu'(u) relu'(v)]`.
+
+    Example:
+      >>> nngp, dot = relu_arccos(np.eye(2))
+      >>> float(nngp[0, 0]), float(dot[0, 1])  # E[relu(u)^2] = 1/2; orthogonal: 1/4
+      (0.5, 0.25)
+    """
+    gram = np.asarray(gram, np.float64)
+    norms = np.sqrt(np.diag(gram))
+    prod = np.outer(norms, norms)
+    cos = np.clip(gram / prod, -1.0, 1.0)
+    np.fill_diagonal(cos, 1.0)  # exactly, so that arccos does not amplify rounding
+    theta = np.arccos(cos)
+    nngp = prod * (np.sin(theta) + (np.pi - theta) * cos) / (2 * np.pi)
+    return nngp, (np.pi - theta) / (2 * np.pi)
+
+
+def linear_part_by_subtraction(kernel_fn: Callable, k: Any, **kwargs: Any) -> Any:
+    """Reference for the frozen NTK of a layer, by a second code path.
+
+    Two passes, `kernel_fn(k).ntk - kernel_fn(k with ntk = 0).ntk`: the part of
+    the output NTK linear in the input NTK (exact in float64 when the layer's
+    own-parameter term is of moderate size).
+
+    Args:
+      kernel_fn: the layer's (unfrozen) `kernel_fn`.
+      k: the input `Kernel`, or a pytree of them.
+      **kwargs: passed to `kernel_fn`.
+
+    Returns:
+      The frozen layer's output NTK (a pytree like `kernel_fn`'s output).
+
+    Example:
+      >>> from nt_frozen import Frozen, stax
+      >>> x = jnp.ones((2, 3))
+      >>> k = stax.Dense(4, W_std=2.0)[2](x, None)
+      >>> want = linear_part_by_subtraction(stax.Dense(4, W_std=3.0)[2], k)
+      >>> got = Frozen(stax.Dense(4, W_std=3.0))[2](k).ntk
+      >>> rel_err(got, want) < 1e-6
+      True
+    """
+    zero_ntk = jax.tree_util.tree_map(
+        lambda kk: kk.replace(ntk=jnp.zeros_like(kk.ntk)), k, is_leaf=is_kernel
+    )
+    full = kernel_fn(k, **kwargs)
+    own = kernel_fn(zero_ntk, **kwargs)
+    return jax.tree_util.tree_map(
+        lambda a, b: a.ntk - b.ntk, full, own, is_leaf=is_kernel
+    )
+
+
+def assert_same_fields_but_ntk(k_frozen: Any, k_plain: Any) -> None:
+    """Assert that every `Kernel` field but `ntk` is identical (values, shapes,
+    flags) between two Kernel pytrees.
+
+    Example:
+      >>> from nt_frozen import Frozen, stax
+      >>> x = jnp.ones((2, 3))
+      >>> dense = stax.Dense(4, W_std=2.0)
+      >>> assert_same_fields_but_ntk(Frozen(dense)[2](x, None), dense[2](x, None))
+    """
+    flat_f = jax.tree_util.tree_leaves(k_frozen, is_leaf=is_kernel)
+    flat_p = jax.tree_util.tree_leaves(k_plain, is_leaf=is_kernel)
+    assert len(flat_f) == len(flat_p)
+    for kf, kp in zip(flat_f, flat_p):
+        for field in dataclasses.fields(nt.Kernel):
+            if field.name == "ntk":
+                continue
+            a, b = getattr(kf, field.name), getattr(kp, field.name)
+            if a is None or b is None:
+                assert a is b, field.name
+            elif isinstance(a, (jax.Array, np.ndarray)):
+                np.testing.assert_array_equal(a, b, err_msg=field.name)
+            else:
+                assert a == b, field.name
+
+
+def inputs(
+    shape: Sequence[int], n1: int = 4, n2: int = 3, same: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+    """Fixed standard-normal inputs `x1` `(n1, *shape)` and `x2` `(n2, *shape)`.
+
+    Args:
+      shape: shape of one input (without the batch axis).
+      n1, n2: batch sizes.
+      same: return `x2 = None` (the kernel of `x1` with itself).
+
+    Example:
+      >>> x1, x2 = inputs((4, 4, 2), n1=3, n2=2)
+      >>> x1.shape, x2.shape, inputs((3,), same=True)[1]
+      ((3, 4, 4, 2), (2, 4, 4, 2), None)
+    """
+    x1 = jax.random.normal(jax.random.PRNGKey(10), (n1, *shape))
+    x2 = None if same else jax.random.normal(jax.random.PRNGKey(11), (n2, *shape))
+    return x1, x2
+
+
+def fast_jit(fn: Callable, *args: Any) -> Any:
+    """`jax.jit(fn)(*args)`, compiled with XLA's cheapest settings, results on
+    the host: one compilation is far cheaper than NT's op-by-op dispatch when
+    only values matter.
+
+    Example:
+      >>> fast_jit(lambda a, b: a @ b, jnp.eye(2), jnp.ones(2)).tolist()
+      [1.0, 1.0]
+    """
+    return jax.device_get(jax.jit(fn).lower(*args).compile(_FAST_COMPILE)(*args))
+
+
+def freeze_all_but(layers: Iterable[Layer], keep: Iterable[int]) -> list[Layer]:
+    """The layers with every one not indexed in `keep` wrapped in `Frozen`.
+
+    Example:
+      >>> from nt_frozen import is_frozen_layer, stax
+      >>> layers = freeze_all_but([stax.Dense(2), stax.Relu(), stax.Dense(1)], {2})
+      >>> [is_frozen_layer(layer) for layer in layers]
+      [True, True, False]
+    """
+    keep = set(keep)
+    return [lyr if i in keep else Frozen(lyr) for i, lyr in enumerate(layers)]
+
+
+def sphere_regression(
+    n_train: int = 10, n_test: int = 6, d: int = 8
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The regression task of the dynamics tests and benchmark (seed 0).
+
+    Points on the sphere of radius `sqrt(d)` in `R^d`; three target columns
+    `sin(x . v_j / 2)` with `v_0 = linspace(-1, 1, d)`, `v_1 = cos(0..d-1)`,
+    `v_2 = 1`. All float32.
+
+    Returns:
+      `(x_train (n_train, d), y_train (n_train, 3), x_test (n_test, d))`.
+
+    Example:
+      >>> x_train, y_train, x_test = sphere_regression()
+      >>> x_train.shape, y_train.shape, x_test.shape
+      ((10, 8), (10, 3), (6, 8))
+      >>> bool(jnp.allclose(jnp.linalg.norm(x_test, axis=1), 8 ** 0.5))
+      True
+    """
+    rng = np.random.default_rng(0)
+
+    def sphere(n):
+        x = rng.normal(size=(n, d))
+        return np.sqrt(d) * x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x_train, x_test = sphere(n_train), sphere(n_test)
+    directions = np.stack([np.linspace(-1, 1, d), np.cos(np.arange(d)), np.ones(d)])
+    y_train = np.sin(x_train @ directions.T / 2)
+    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
+
+
+def three_layer_mlp(
+    width: int,
+    frozen: Sequence[bool] = (False, False, False),
+    middle: Callable[[Layer], Layer] | None = None,
+    outputs: int = 1,
+    w_middle: float = 0.5,
+) -> Layer:
+    """Dense -> Relu -> Dense(W_std=`w_middle`) -> Relu -> Dense(`outputs`),
+    all `b_std=0.1`: the network the dynamics are trained on.
+
+    Args:
+      width: hidden width.
+      frozen: which of the three Dense layers are wrapped in `Frozen` (see
+        `FREEZING_PATTERNS`).
+      middle: if given, applied to the middle Dense (after freezing), e.g. a
+        control or `LearningRate`.
+      outputs: the readout's width.
+      w_middle: the middle Dense's `W_std`; the default 0.5 is far from 1, so
+        that a frozen layer that passed the NTK through unchanged is visibly
+        wrong.
+
+    Returns:
+      The `stax.serial` triple `(init_fn, apply_fn, kernel_fn)`.
+
+    Example:
+      >>> _, _, kernel_fn = three_layer_mlp(64, FREEZING_PATTERNS["readout_only"])
+      >>> x = jnp.ones((2, 8))
+      >>> rel_err(kernel_fn(x, None, "ntk"), kernel_fn(x, None, "nngp")) < 1e-6
+      True
+    """
+    dense = [
+        stax.Dense(width, b_std=0.1),
+        stax.Dense(width, W_std=w_middle, b_std=0.1),
+        stax.Dense(outputs, b_std=0.1),
+    ]
+    dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
+    if middle is not None:
+        dense[1] = middle(dense[1])
+    return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
