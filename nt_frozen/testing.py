@@ -41,6 +41,7 @@ __all__ = [
     "assert_same_fields_but_ntk",
     "fast_jit",
     "freeze_all_but",
+    "frozen_middle_mlp",
     "inputs",
     "is_kernel",
     "linear_part_by_subtraction",
@@ -288,3 +289,25 @@ def three_layer_mlp(
     if middle is not None:
         dense[1] = middle(dense[1])
     return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
+
+
+def frozen_middle_mlp(width: int = 256) -> Layer:
+    """Dense -> Relu -> Frozen(Dense(W_std=1.4)) -> Relu -> Dense(2): a small
+    network with frozen and trainable parameters, for parameter-tree and
+    empirical-kernel checks.
+
+    Example:
+      >>> from nt_frozen import split
+      >>> init_fn, _, _ = frozen_middle_mlp(4)
+      >>> _, params = init_fn(jax.random.PRNGKey(0), (1, 3))
+      >>> trainable, frozen = split(params)
+      >>> len(jax.tree_util.tree_leaves(frozen))  # the middle Dense's W and b
+      2
+    """
+    return stax.serial(
+        stax.Dense(width, b_std=0.1),
+        stax.Relu(),
+        Frozen(stax.Dense(width, W_std=1.4, b_std=0.1)),
+        stax.Relu(),
+        stax.Dense(2),
+    )
