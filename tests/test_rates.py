@@ -3,7 +3,7 @@ empirical kernels and its training dynamics, each against an independent
 reference.
 
 - Analytic: `L(ntk_in) + rate * P` by a second code path (two passes and a
-  subtraction, float64) for every layer of `test_layers.CASES`; the sum rule
+  subtraction, float64) for every layer of `nt_frozen.testing.LAYER_CASES`; the sum rule
   `Theta = sum_l eta_l Theta_l` against `ntk_decomposition` of the unrated
   network; float32 without cancellation against float64.
 - Empirical: `sum_b rate_b J_b J_b^T` against NT's own `empirical_ntk_fn` on
@@ -27,7 +27,6 @@ import numpy as np
 import optax
 import pytest
 from test_dynamics import STEP_FRACTION, X_TEST, X_TRAIN, Y_TRAIN, K, _times
-from test_layers import CASES, _inputs
 
 from nt_frozen import (
     Frozen,
@@ -53,8 +52,10 @@ from nt_frozen.dynamics import (
     train_ensemble,
 )
 from nt_frozen.testing import (
+    LAYER_CASES,
     assert_same_fields_but_ntk,
     is_kernel,
+    layer_inputs,
     linear_part_by_subtraction,
     rel_err,
 )
@@ -107,7 +108,7 @@ DEFAULT_CASES = {
 
 def _rated_cases():
     for rate in (0.1, 10.0):
-        for name, *case in CASES:
+        for name, *case in LAYER_CASES:
             fast = rate == 0.1 and name in DEFAULT_CASES
             marks = () if fast else pytest.mark.slow
             yield pytest.param(*case, rate, id=f"{name}-{rate:g}", marks=marks)
@@ -117,7 +118,7 @@ def _rated_cases():
 def test_rated_kernel_is_linear_part_plus_rate_times_own_term(
     x64, pre, lyr, shape, has_params, kwargs, rate
 ):
-    x1, x2, kwargs = _inputs(shape, kwargs)
+    x1, x2, kwargs = layer_inputs(shape, kwargs)
 
     @jax.jit
     def kernels(x1, x2):
