@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from nt_frozen._compat import nt, stax
 from nt_frozen._stax_utils import Layer
+from nt_frozen.dynamics.schedule import stiffest_mode_time
 from nt_frozen.frozen import Frozen
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "assert_same_fields_but_ntk",
     "fast_jit",
     "freeze_all_but",
+    "gd_times",
     "frozen_middle_mlp",
     "inputs",
     "is_kernel",
@@ -254,6 +257,27 @@ def sphere_regression(
     directions = np.stack([np.linspace(-1, 1, d), np.cos(np.arange(d)), np.ones(d)])
     y_train = np.sin(x_train @ directions.T / 2)
     return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
+
+
+def gd_times(
+    kernel_fn: Callable,
+    x_train: Any,
+    y_size: int,
+    units: Sequence[float] = (1.0, 2.0, 4.0, math.inf),
+) -> list[float]:
+    """Training times in NT's units (learning rate 1) from times in units of
+    the stiffest mode, `N / lambda_max` of the analytic NTK on `x_train`
+    (`N = y_size`, the number of targets).
+
+    Example:
+      >>> _, _, kernel_fn = three_layer_mlp(64)
+      >>> x_train, y_train, _ = sphere_regression()
+      >>> ts = gd_times(kernel_fn, x_train, y_train[:, :1].size)
+      >>> ts[1] == 2 * ts[0], ts[-1]
+      (True, inf)
+    """
+    unit = stiffest_mode_time(kernel_fn(x_train, None, "ntk"), y_size)
+    return [t * unit for t in units]
 
 
 def three_layer_mlp(

@@ -65,10 +65,14 @@ from nt_frozen.dynamics import (
     compare_dynamics,
     dynamics_agreement,
     gd_schedule,
-    stiffest_mode_time,
     train_ensemble,
 )
-from nt_frozen.testing import FREEZING_PATTERNS, sphere_regression, three_layer_mlp
+from nt_frozen.testing import (
+    FREEZING_PATTERNS,
+    gd_times,
+    sphere_regression,
+    three_layer_mlp,
+)
 from nt_frozen.validation.controls import IdentityGuess
 
 D, N_TRAIN, N_TEST = 8, 10, 6
@@ -90,9 +94,7 @@ def _mlp(width, frozen=(False, False, False), middle=None, outputs=1):
 
 
 def _times(kernel_fn):
-    """TIMES in NT's units (learning_rate 1): t = entry * N / lambda_max."""
-    unit = stiffest_mode_time(kernel_fn(X_TRAIN, None, "ntk"), Y_TRAIN.size)
-    return [t * unit for t in TIMES]
+    return gd_times(kernel_fn, X_TRAIN, Y_TRAIN.size, TIMES)
 
 
 @functools.cache

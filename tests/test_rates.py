@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_dynamics import STEP_FRACTION, X_TEST, X_TRAIN, Y_TRAIN, K, _times
 
 from nt_frozen import (
     Frozen,
@@ -54,13 +53,24 @@ from nt_frozen.dynamics import (
 from nt_frozen.testing import (
     LAYER_CASES,
     assert_same_fields_but_ntk,
+    gd_times,
     is_kernel,
     layer_inputs,
     linear_part_by_subtraction,
     rel_err,
+    sphere_regression,
 )
 from nt_frozen.validation import ARCHITECTURES, run_validation
 from nt_frozen.validation.statistics import MAX_SCORE, agreement
+
+# The regression task and tolerance factor of the dynamics tests.
+X_TRAIN, Y_TRAIN, X_TEST = sphere_regression()
+Y_TRAIN = Y_TRAIN[:, :1]
+STEP_FRACTION, K = 0.05, 4.0
+
+
+def _times(kernel_fn):
+    return gd_times(kernel_fn, X_TRAIN, Y_TRAIN.size)
 
 
 def _own_term(kernel_fn, k, **kwargs):
