@@ -60,7 +60,6 @@ from nt_frozen.testing import (
     rel_err,
     sphere_regression,
 )
-from nt_frozen.validation import ARCHITECTURES, run_validation
 from nt_frozen.validation.statistics import MAX_SCORE, agreement
 
 # The regression task and tolerance factor of the dynamics tests.
@@ -583,18 +582,3 @@ def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
         )
         ratio = dynamics_agreement(ensemble, control).residual_rms / right.residual_rms
         assert ratio.max() > 2.0, (wrong, ratio)
-
-
-# --- The validation sweep -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name", ["mlp-rates", pytest.param("residual-rates", marks=pytest.mark.slow)]
-)
-def test_validate_sweeps_rated_architectures_and_rejects_their_controls(name):
-    for result in run_validation([ARCHITECTURES[name]], widths=[128, 512], samples=6):
-        assert result.frozen.verdict == "PASS", (result.name, result.frozen.reasons)
-        assert set(result.controls) == {"unrated", "swapped_rates"}
-        for name, control in result.controls.items():
-            assert control.verdict == "FAIL", (result.name, name)
-        assert result.ok
