@@ -399,16 +399,15 @@ def test_masking(x64):
 
 
 def test_diagonal_requirements_propagate():
-    """A frozen layer keeps the wrapped layer's input requirements."""
-    from nt_frozen._compat import get_req
-
+    """A frozen layer keeps the wrapped layer's input requirements (NT's
+    `kernel_fn.input_req`, which `stax.serial` combines)."""
     for lyr in [
         stax.Conv(4, (2, 2)),
         stax.GlobalSelfAttention(4, 4, 4, 1),
         stax.LayerNorm(),
         stax.Relu(),
     ]:
-        assert get_req(Frozen(lyr)[2]) == get_req(lyr[2])
+        assert Frozen(lyr)[2].input_req == lyr[2].input_req
 
 
 # --- apply_fn -------------------------------------------------------------------
