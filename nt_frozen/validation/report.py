@@ -48,7 +48,12 @@ def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
 
 
 def finite_or_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None."""
+    """`value` with every NaN or infinite float replaced by None.
+
+    Example:
+      >>> finite_or_null({"slope": float("nan"), "errors": [0.1, float("inf")]})
+      {'slope': None, 'errors': [0.1, None]}
+    """
     if isinstance(value, dict):
         return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -63,7 +68,17 @@ def _quantiles(errors):
 
 
 def format_table(results: Sequence[ArchitectureResult]) -> str:
-    """The sweep's results as the text table the command line prints."""
+    """The sweep's results as the text table the command line prints.
+
+    Example:
+      >>> import numpy as np
+      >>> from nt_frozen.validation import ArchitectureResult, compare, format_table
+      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
+      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
+      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> print(format_table([result]).splitlines()[-1][:10])
+      PASS  toy 
+    """
 
     lines = []
     for r in results:
@@ -128,7 +143,23 @@ _CONTROL_STYLE = {
 
 
 def plot_sweep(ax, result: ArchitectureResult) -> None:
-    """Draw one architecture's errors vs width on a matplotlib `ax`."""
+    """Draw one architecture's errors vs width on a matplotlib `ax`.
+
+    Example:
+      >>> import numpy as np
+      >>> from nt_frozen.validation import ArchitectureResult, compare
+      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
+      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
+      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> import matplotlib
+      >>> matplotlib.use("Agg")
+      >>> import matplotlib.pyplot as plt
+      >>> from nt_frozen.validation import plot_sweep
+      >>> fig, ax = plt.subplots()
+      >>> plot_sweep(ax, result)
+      >>> ax.get_xscale(), ax.get_yscale()
+      ('log', 'log')
+    """
     frozen = result.frozen
     rms = np.asarray(frozen.rms_errors)
     if not (np.isfinite(rms).all() and (rms > 0).all()):  # nothing to put on log axes
@@ -204,7 +235,20 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
 
 
 def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path:
-    """One panel per architecture, saved as a PNG at `path`."""
+    """One panel per architecture, saved as a PNG at `path`.
+
+    Example:
+      >>> import numpy as np
+      >>> from nt_frozen.validation import ArchitectureResult, compare
+      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
+      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
+      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> import tempfile, pathlib
+      >>> from nt_frozen.validation import save_sweep_figure
+      >>> folder = pathlib.Path(tempfile.mkdtemp())
+      >>> save_sweep_figure([result], folder / "sweep.png").stat().st_size > 0
+      True
+    """
     # A bare Figure (no pyplot) leaves the caller's backend alone, e.g. in Jupyter.
     from matplotlib.figure import Figure
 
