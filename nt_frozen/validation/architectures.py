@@ -42,8 +42,8 @@ class Architecture:
 
     Example:
       >>> from nt_frozen import stax
-      >>> arch = Architecture("tiny", "Dense-Relu-Frozen(Dense)",
-      ...     lambda n, freeze=Frozen: [stax.Dense(n), stax.Relu(), freeze(stax.Dense(1))],
+      >>> arch = Architecture("tiny", "Dense-Frozen(Dense)",
+      ...     lambda n, freeze=Frozen: [stax.Dense(n), freeze(stax.Dense(1))],
       ...     input_shape=(4, 3))
       >>> arch.has_controls, arch.control_names
       (True, ('unfrozen', 'identity_guess'))

@@ -75,9 +75,10 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
       >>> from nt_frozen.validation import ArchitectureResult, compare, format_table
       >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
       >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
-      >>> print(format_table([result]).splitlines()[-1][:10])
-      PASS  toy 
+      >>> result = ArchitectureResult(
+      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> format_table([result]).splitlines()[-1].split()[:2]
+      ['PASS', 'toy']
     """
 
     lines = []
@@ -150,7 +151,8 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
       >>> from nt_frozen.validation import ArchitectureResult, compare
       >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
       >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> result = ArchitectureResult(
+      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
       >>> import matplotlib
       >>> matplotlib.use("Agg")
       >>> import matplotlib.pyplot as plt
@@ -242,7 +244,8 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
       >>> from nt_frozen.validation import ArchitectureResult, compare
       >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
       >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> result = ArchitectureResult(
+      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
       >>> import tempfile, pathlib
       >>> from nt_frozen.validation import save_sweep_figure
       >>> folder = pathlib.Path(tempfile.mkdtemp())

@@ -177,7 +177,8 @@ class ArchitectureResult:
       >>> from nt_frozen.validation import ArchitectureResult, compare
       >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
       >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult("toy", "a synthetic kernel", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> result = ArchitectureResult(
+      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
       >>> result.ok  # PASS, and no control was scored
       True
     """
