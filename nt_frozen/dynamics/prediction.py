@@ -20,7 +20,23 @@ from nt_frozen.dynamics.training import EnsemblePredictions
 
 class AnalyticPrediction(NamedTuple):
     """`nt.predict` mean and marginal variance of test outputs at each time,
-    with the kernels and training settings it came from."""
+    with the kernels and training settings it came from.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> from nt_frozen.dynamics import analytic_prediction, train_ensemble
+      >>> init_fn, apply_fn, kernel_fn = stax.serial(
+      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
+      ...     stax.Dense(1))
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
+      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
+      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
+      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> p.mean.shape, p.variance.shape  # (times, test points[, outputs])
+      ((2, 2, 1), (2, 2))
+    """
 
     ts: np.ndarray
     mean: jax.Array  # (T, n_test, out)
@@ -159,6 +175,22 @@ def linearized_members(
     analytic mean: `member - linearized member` has the ensemble's mean error
     as its expectation, without the initialization noise of `f_0`. Returns an
     array shaped like `ensemble.test` (example: :func:`compare_dynamics`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> from nt_frozen.dynamics import (
+      ...     analytic_prediction, linearized_members, train_ensemble)
+      >>> init_fn, apply_fn, kernel_fn = stax.serial(
+      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
+      ...     stax.Dense(1))
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
+      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
+      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
+      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> linearized_members(ens, p).shape == ens.test.shape
+      True
     """
     ts = prediction.ts
     if not np.array_equal(ensemble.ts, ts):

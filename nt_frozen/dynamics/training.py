@@ -24,6 +24,21 @@ class EnsemblePredictions(NamedTuple):
 
     `test[m, k]` is member `m`'s output on `x_test` at `ts[k]`; `test_0` and
     `train_0` are the outputs at initialization (for paired comparisons).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> from nt_frozen.dynamics import analytic_prediction, train_ensemble
+      >>> init_fn, apply_fn, kernel_fn = stax.serial(
+      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
+      ...     stax.Dense(1))
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
+      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
+      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
+      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> ens.test.shape  # (members, times, test points, outputs)
+      (3, 2, 2, 1)
     """
 
     ts: np.ndarray
