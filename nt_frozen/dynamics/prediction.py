@@ -174,7 +174,7 @@ def linearized_members(
     is a symmetry of the initialization), so its mean over members is the
     analytic mean: `member - linearized member` has the ensemble's mean error
     as its expectation, without the initialization noise of `f_0`. Returns an
-    array shaped like `ensemble.test` (example: :func:`compare_dynamics`).
+    array shaped like `ensemble.test`.
 
     Example:
       >>> import jax, jax.numpy as jnp
