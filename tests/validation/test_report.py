@@ -1,0 +1,49 @@
+"""The sweep's report: atomic JSON, strict-JSON values and the table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nt_frozen.validation import (
+    ArchitectureResult,
+    compare,
+    finite_or_null,
+    format_table,
+)
+from nt_frozen.validation.report import write_json_atomic
+
+
+def test_atomic_json_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = write_json_atomic(tmp_path / "out.json", {"a": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": [1, 2]}
+    with pytest.raises(TypeError):  # not serializable: fails while writing
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no leftover
+
+
+def test_finite_or_null_makes_strict_json():
+    value = {"slope": math.nan, "errors": [0.1, -math.inf, (1.0, math.inf)]}
+    cleaned = finite_or_null(value)
+    assert cleaned == {"slope": None, "errors": [0.1, None, [1.0, None]]}
+    json.dumps(cleaned, allow_nan=False)  # raises on NaN or infinity
+
+
+def test_table_has_one_row_per_verdict():
+    rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
+    right = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
+    wrong = [d + 0.3 for d in right]
+    results = [
+        ArchitectureResult(
+            "good", "right kernel", compare(widths, right, [k] * 3), {}, 0.0
+        ),
+        ArchitectureResult(
+            "bad", "wrong kernel", compare(widths, wrong, [k] * 3), {}, 0.0
+        ),
+    ]
+    rows = [line.split()[:2] for line in format_table(results).splitlines()]
+    assert ["PASS", "good"] in rows and ["FAIL", "bad"] in rows
