@@ -17,10 +17,10 @@ from nt_frozen.validation import (
 from nt_frozen.validation.report import write_json_atomic
 
 
-def test_atomic_json_leaves_the_old_file_when_writing_fails(tmp_path):
+def test_json_that_cannot_be_written_leaves_the_old_file_and_no_temporary(tmp_path):
     path = write_json_atomic(tmp_path / "out.json", {"a": [1, 2]})
     assert json.loads(path.read_text()) == {"a": [1, 2]}
-    with pytest.raises(TypeError):  # not serializable: fails while writing
+    with pytest.raises(TypeError):  # not serializable
         write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": [1, 2]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no leftover
