@@ -1,6 +1,6 @@
 """Finite-width ensembles with frozen layers vs `nt.predict`: agreement per width.
 
-The setup of tests/test_dynamics.py (10 train / 6 test points in R^8, MLP
+The setup of tests/dynamics/ (10 train / 6 test points in R^8, MLP
 Dense -> Relu -> Dense(W_std=0.5) -> Relu -> Dense(1), three freezing patterns),
 trained by full-batch gradient descent at t = 1, 2, 4 (units of N / lambda_max)
 and at convergence. Prints one Markdown table: errors relative to the analytic
