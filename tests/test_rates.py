@@ -12,7 +12,7 @@ reference.
   score), where the rates swapped must fail.
 - Training: gradient descent moves a leaf by `rate * lr * grad` (exact, on a
   network linear in its trainable parameters); finite ensembles against
-  `nt.predict` with the rated kernel, with `tests/dynamics/test_agreement.py`' tolerances, and
+  `nt.predict` with the rated kernel, with the dynamics tests' tolerances, and
   the swapped rates rejected.
 """
 
@@ -548,7 +548,7 @@ def _dyn_mlp(width, rates):
 
 @functools.cache
 def _rated_run():
-    """Train the rated ensemble once; `tests/dynamics/test_agreement.py`' data, times and steps."""
+    """Train the rated ensemble once; the dynamics tests' data, times and steps."""
     net, data = _dyn_mlp(DYN_WIDTH, DYN_RATES), (X_TRAIN, Y_TRAIN, X_TEST)
     key, step_fraction = jax.random.PRNGKey(1), STEP_FRACTION
     ts = _times(net[2])
@@ -558,7 +558,7 @@ def _rated_run():
 
 
 def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
-    """Ensemble mean, paired mean and variance within `tests/dynamics/test_agreement.py`'
+    """Ensemble mean, paired mean and variance within the dynamics tests'
     tolerances `K (SE + width^-1/2)` of `nt.predict` on the rated kernel.
 
     Control: at this ensemble size those tolerances are too loose to reject
