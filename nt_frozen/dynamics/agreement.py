@@ -39,19 +39,12 @@ class DynamicsAgreement(NamedTuple):
       member`, the finite-width deviation of a single network, `O(width^-1/2)`.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from nt_frozen import Frozen, stax
-      >>> from nt_frozen.dynamics import (
-      ...     analytic_prediction, dynamics_agreement, train_ensemble)
-      >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
-      ...     stax.Dense(1))
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
-      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
-      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
-      >>> agreement = dynamics_agreement(ens, p)
+      >>> import jax
+      >>> from nt_frozen.dynamics import compare_dynamics
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> *_, agreement = compare_dynamics(*three_layer_mlp(32, (True, True, False)),
+      ...     x, y[:, :1], x_test, [0.5, 2.0], jax.random.PRNGKey(1), 3)
       >>> agreement.n_members, agreement.mean_error.shape  # one error per time
       (3, (2,))
     """

@@ -23,17 +23,11 @@ class AnalyticPrediction(NamedTuple):
     with the kernels and training settings it came from.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from nt_frozen import Frozen, stax
-      >>> from nt_frozen.dynamics import analytic_prediction, train_ensemble
-      >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
-      ...     stax.Dense(1))
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
-      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
-      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> from nt_frozen.dynamics import analytic_prediction
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> _, _, kernel_fn = three_layer_mlp(32, (False, True, False))
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> p = analytic_prediction(kernel_fn, x, y[:, :1], x_test, [0.5, 2.0])
       >>> p.mean.shape, p.variance.shape  # (times, test points[, outputs])
       ((2, 2, 1), (2, 2))
     """
@@ -177,18 +171,12 @@ def linearized_members(
     array shaped like `ensemble.test`.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from nt_frozen import Frozen, stax
-      >>> from nt_frozen.dynamics import (
-      ...     analytic_prediction, linearized_members, train_ensemble)
-      >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
-      ...     stax.Dense(1))
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
-      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
-      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> import jax
+      >>> from nt_frozen.dynamics import compare_dynamics, linearized_members
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> ens, p, _ = compare_dynamics(*three_layer_mlp(32), x, y[:, :1], x_test,
+      ...     [0.5, 2.0], jax.random.PRNGKey(1), 3)
       >>> linearized_members(ens, p).shape == ens.test.shape
       True
     """

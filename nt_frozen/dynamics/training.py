@@ -26,17 +26,13 @@ class EnsemblePredictions(NamedTuple):
     `train_0` are the outputs at initialization (for paired comparisons).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from nt_frozen import Frozen, stax
-      >>> from nt_frozen.dynamics import analytic_prediction, train_ensemble
-      >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(64), stax.Relu(), Frozen(stax.Dense(64)), stax.Relu(),
-      ...     stax.Dense(1))
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
-      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:2] + 0.5, [0.5, 2.0]
-      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...     jax.random.PRNGKey(1), 3, p.ntk_train_train)
+      >>> import jax, numpy as np
+      >>> from nt_frozen.dynamics import train_ensemble
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> init_fn, apply_fn, _ = three_layer_mlp(32, (False, True, False))
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> ens = train_ensemble(init_fn, apply_fn, x, y[:, :1], x_test, [0.5, 2.0],
+      ...     jax.random.PRNGKey(1), 3, np.eye(4))
       >>> ens.test.shape  # (members, times, test points, outputs)
       (3, 2, 2, 1)
     """
