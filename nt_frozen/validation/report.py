@@ -71,12 +71,9 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
     """The sweep's results as the text table the command line prints.
 
     Example:
-      >>> import numpy as np
-      >>> from nt_frozen.validation import ArchitectureResult, compare, format_table
-      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
-      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult(
-      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
+      >>> from nt_frozen.validation import format_table
       >>> format_table([result]).splitlines()[-1].split()[:2]
       ['PASS', 'toy']
     """
@@ -147,12 +144,8 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
     """Draw one architecture's errors vs width on a matplotlib `ax`.
 
     Example:
-      >>> import numpy as np
-      >>> from nt_frozen.validation import ArchitectureResult, compare
-      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
-      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult(
-      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
       >>> import matplotlib
       >>> matplotlib.use("Agg")
       >>> import matplotlib.pyplot as plt
@@ -240,12 +233,8 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
     """One panel per architecture, saved as a PNG at `path`.
 
     Example:
-      >>> import numpy as np
-      >>> from nt_frozen.validation import ArchitectureResult, compare
-      >>> rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
-      >>> draws = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-      >>> result = ArchitectureResult(
-      ...     "toy", "synthetic", compare(widths, draws, [k] * 3), {}, 0.0)
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
       >>> import tempfile, pathlib
       >>> from nt_frozen.validation import save_sweep_figure
       >>> folder = pathlib.Path(tempfile.mkdtemp())

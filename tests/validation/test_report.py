@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
+from nt_frozen.testing import synthetic_sweep_result
 from nt_frozen.validation import (
-    ArchitectureResult,
-    compare,
     finite_or_null,
     format_table,
 )
@@ -34,16 +32,9 @@ def test_finite_or_null_makes_strict_json():
 
 
 def test_table_has_one_row_per_verdict():
-    rng, k, widths = np.random.default_rng(0), np.eye(3) + 0.5, [256, 1024, 4096]
-    right = [k + rng.normal(size=(8, 3, 3)) / np.sqrt(n) for n in widths]
-    wrong = [d + 0.3 for d in right]
     results = [
-        ArchitectureResult(
-            "good", "right kernel", compare(widths, right, [k] * 3), {}, 0.0
-        ),
-        ArchitectureResult(
-            "bad", "wrong kernel", compare(widths, wrong, [k] * 3), {}, 0.0
-        ),
+        synthetic_sweep_result("good"),
+        synthetic_sweep_result("bad", offset=0.3),
     ]
     rows = [line.split()[:2] for line in format_table(results).splitlines()]
     assert ["PASS", "good"] in rows and ["FAIL", "bad"] in rows
