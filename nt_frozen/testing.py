@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -393,6 +394,14 @@ _TWO_BRANCH_PRE = stax.serial(
 _FLAT, _IMAGE, _SEQ = (4,), (4, 4, 2), (5, 3)
 
 
+def _numerical_tanh():
+    """tanh by NT's quadrature, without NT's construction-time warnings about
+    `deg` (importing this module should not warn)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return stax.ElementwiseNumerical(jnp.tanh, deg=25)
+
+
 def _elementwise_custom():
     """ReLU given through user-supplied NNGP and derivative kernels."""
     return stax.Elementwise(
@@ -597,7 +606,7 @@ _NONLINEARITIES = [
     ("Monomial", stax.Monomial(3)),
     ("RectifiedMonomial", stax.RectifiedMonomial(2)),
     ("Polynomial", stax.Polynomial([0.1, -0.4, 0.5])),
-    ("ElementwiseNumerical", stax.ElementwiseNumerical(jnp.tanh, deg=25)),
+    ("ElementwiseNumerical", _numerical_tanh()),
     ("Elementwise", _elementwise_custom()),
 ]
 LAYER_CASES += [
