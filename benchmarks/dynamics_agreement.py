@@ -1,6 +1,6 @@
 """Finite-width ensembles with frozen layers vs `nt.predict`: agreement per width.
 
-The setup of tests/test_dynamics.py (10 train / 6 test points in R^8, MLP
+The setup of tests/dynamics/ (10 train / 6 test points in R^8, MLP
 Dense -> Relu -> Dense(W_std=0.5) -> Relu -> Dense(1), three freezing patterns),
 trained by full-batch gradient descent at t = 1, 2, 4 (units of N / lambda_max)
 and at convergence. Prints one Markdown table: errors relative to the analytic
@@ -18,46 +18,17 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from nt_frozen import Frozen, stax
 from nt_frozen.dynamics import (
     analytic_prediction,
     compare_dynamics,
     dynamics_agreement,
     stiffest_mode_time,
 )
+from nt_frozen.testing import FREEZING_PATTERNS, sphere_regression, three_layer_mlp
 
-D, N_TRAIN, N_TEST = 8, 10, 6
 TIMES = (1.0, 2.0, 4.0, math.inf)
-CASES = {
-    "frozen middle": (False, True, False),
-    "readout only": (True, True, False),
-    "first layer only": (False, True, True),
-}
-
-
-def data():
-    rng = np.random.default_rng(0)
-
-    def sphere(n):
-        x = rng.normal(size=(n, D))
-        return np.sqrt(D) * x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    x_train, x_test = sphere(N_TRAIN), sphere(N_TEST)
-    y_train = np.sin(x_train @ np.linspace(-1, 1, D) / 2)[:, None]
-    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
-
-
-def mlp(width, frozen=(False, False, False)):
-    dense = [
-        stax.Dense(width, b_std=0.1),
-        stax.Dense(width, W_std=0.5, b_std=0.1),
-        stax.Dense(1, b_std=0.1),
-    ]
-    dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
-    return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
+CASES = FREEZING_PATTERNS
 
 
 def main() -> None:
@@ -75,8 +46,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     args = parser.parse_args()
 
-    x_train, y_train, x_test = data()
-    _, _, unfrozen_kernel_fn = mlp(1)
+    x_train, y_train, x_test = sphere_regression()
+    y_train = y_train[:, :1]
+    _, _, unfrozen_kernel_fn = three_layer_mlp(1)
     print(
         "| case | width | t·λ_max/N | mean err | MC SE | paired err | paired SE "
         "| var err | var SE | member rms | paired err, unfrozen NTK |"
@@ -85,7 +57,7 @@ def main() -> None:
     for case in args.cases:
         for width in args.widths:
             start = time.perf_counter()
-            init_fn, apply_fn, kernel_fn = mlp(width, CASES[case])
+            init_fn, apply_fn, kernel_fn = three_layer_mlp(width, CASES[case])
             unit = stiffest_mode_time(kernel_fn(x_train, None, "ntk"), y_train.size)
             ts = [t * unit for t in TIMES]
             ensemble, _, a = compare_dynamics(

@@ -160,6 +160,17 @@ def empirical_kernel_fn(
     """`nt.empirical_kernel_fn` whose NTK differentiates only trainable parameters.
 
     Returns `kernel_fn(x1, x2, get, params, **apply_fn_kwargs)`, like NT's.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> init_fn, apply_fn, _ = stax.serial(Frozen(stax.Dense(8)), stax.Dense(1))
+      >>> x = jnp.ones((2, 3))
+      >>> _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+      >>> k = empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
+      >>> h = Frozen(stax.Dense(8))[1](params[0], x)  # the readout's inputs
+      >>> bool(jnp.allclose(k.ntk, h @ h.T / 8))  # the readout's J J^T only
+      True
     """
     fns = {
         "nngp": nt.empirical_nngp_fn(apply_fn, trace_axes, diagonal_axes),
@@ -199,6 +210,18 @@ def monte_carlo_kernel_fn(
     Averages `n_samples` empirical kernels over parameter draws of `init_fn`
     (draw `i` uses `jax.random.fold_in(key, i)`). With an iterable `n_samples`,
     the returned function yields the running average at each requested count.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nt_frozen import Frozen, stax
+      >>> init_fn, apply_fn, kernel_fn = stax.serial(
+      ...     stax.Dense(256), stax.Relu(), Frozen(stax.Dense(1)))
+      >>> x = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+      >>> mc = monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 8)
+      >>> ntk = mc(x, None, "ntk")
+      >>> float(jnp.linalg.norm(ntk - kernel_fn(x, None, "ntk"))
+      ...       / jnp.linalg.norm(kernel_fn(x, None, "ntk"))) < 0.3
+      True
     """
     counts = _sample_counts(n_samples)
     one_draw = empirical_kernel_fn(

@@ -82,6 +82,14 @@ def propagate_ntk_linearly(kernel_fn: Callable, k: Any, **kwargs) -> Any:
 
     `k` is a `Kernel` or a pytree of them (layers with several inputs). Every
     field of the result but `ntk` is exactly `kernel_fn(k)`'s.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nt_frozen import stax
+      >>> k = stax.Dense(4)[2](jnp.ones((2, 3)), None)  # ntk == nngp here
+      >>> out = propagate_ntk_linearly(stax.Dense(4, W_std=2.0, b_std=1.0)[2], k)
+      >>> bool(jnp.allclose(out.ntk, 4.0 * k.ntk))  # W_std^2 times, no own term
+      True
     """
     pair = ntk_jvp(kernel_fn, k, **kwargs)
     if pair is None:  # NTK not requested (get='nngp').
@@ -111,7 +119,13 @@ def _frozen(init_fn: Callable, apply_fn: Callable, kernel_fn: Callable) -> Layer
 
 
 def is_frozen_layer(candidate: Any) -> bool:
-    """True if `candidate` is a layer triple returned by :func:`Frozen`."""
+    """True if `candidate` is a layer triple returned by :func:`Frozen`.
+
+    Example:
+      >>> from nt_frozen import Frozen, stax
+      >>> is_frozen_layer(Frozen(stax.Dense(1))), is_frozen_layer(stax.Dense(1))
+      (True, False)
+    """
     return (
         isinstance(candidate, Sequence)
         and len(candidate) == 3

@@ -18,7 +18,14 @@ PyTree = Any
 
 @jax.tree_util.register_pytree_with_keys_class
 class FrozenParams:
-    """Marks the parameters of a frozen layer; its single child is the tree."""
+    """Marks the parameters of a frozen layer; its single child is the tree.
+
+    Example:
+      >>> import jax
+      >>> node = FrozenParams({"W": 1.0})
+      >>> is_frozen(node), jax.tree_util.tree_leaves(node)
+      (True, [1.0])
+    """
 
     __slots__ = ("params",)
 
@@ -42,7 +49,12 @@ class FrozenParams:
 
 
 def is_frozen(node: Any) -> bool:
-    """True for a :class:`FrozenParams` node (use as `is_leaf` in tree maps)."""
+    """True for a :class:`FrozenParams` node (use as `is_leaf` in tree maps).
+
+    Example:
+      >>> is_frozen(freeze_params({"W": 1.0})), is_frozen({"W": 1.0})
+      (True, False)
+    """
     return isinstance(node, FrozenParams)
 
 
@@ -51,6 +63,12 @@ def freeze_params(params: PyTree) -> PyTree:
 
     A tree without leaves (a parameter-free layer) and an already frozen tree
     are returned unchanged, so freezing is idempotent.
+
+    Example:
+      >>> freeze_params({"W": 1.0})
+      FrozenParams({'W': 1.0})
+      >>> freeze_params(()), freeze_params(freeze_params(1.0))  # idempotent
+      ((), FrozenParams(1.0))
     """
     if is_frozen(params) or not jax.tree_util.tree_leaves(params):
         return params
@@ -58,7 +76,12 @@ def freeze_params(params: PyTree) -> PyTree:
 
 
 def frozen_values(params: PyTree) -> PyTree:
-    """The parameter values under a (possibly absent) frozen marker."""
+    """The parameter values under a (possibly absent) frozen marker.
+
+    Example:
+      >>> frozen_values(freeze_params({"W": 1.0})), frozen_values({"W": 1.0})
+      ({'W': 1.0}, {'W': 1.0})
+    """
     return params.params if is_frozen(params) else params
 
 
@@ -146,6 +169,14 @@ def merge(trainable: PyTree, frozen: PyTree) -> PyTree:
       ValueError: if the halves do not come from one network: another layout,
         or a trainable leaf whose shape differs from the one `frozen` recorded
         (e.g. the halves of networks of different widths).
+
+    Example:
+      >>> params = [{"W": 1.0}, freeze_params({"W": 2.0})]
+      >>> trainable, frozen = split(params)
+      >>> jax.tree_util.tree_leaves(trainable)
+      [1.0]
+      >>> merge(trainable, frozen)
+      [{'W': 1.0}, FrozenParams({'W': 2.0})]
     """
     wrong_shapes = []
 
@@ -202,6 +233,10 @@ def trainable_mask(params: PyTree) -> PyTree:
     `optax.masked` passes the updates of masked-out leaves through unchanged,
     so any gradient that reaches a frozen leaf (e.g. an L2 term on all
     parameters) would still move it.
+
+    Example:
+      >>> trainable_mask([{"W": 1.0}, freeze_params({"W": 2.0})])
+      [{'W': True}, FrozenParams({'W': False})]
     """
     return jax.tree_util.tree_map(
         lambda x: jax.tree_util.tree_map(lambda _: False, x) if is_frozen(x) else True,
@@ -217,6 +252,10 @@ def frozen_mask(params: PyTree) -> PyTree:
     For `optax.chain(opt, optax.masked(optax.set_to_zero(), frozen_mask(params)))`,
     which zeroes the updates of frozen leaves, and for the masks of
     `optax.freeze` / `optax.selective_transform` in optax versions with them.
+
+    Example:
+      >>> frozen_mask([{"W": 1.0}, freeze_params({"W": 2.0})])
+      [{'W': False}, FrozenParams({'W': True})]
     """
     return jax.tree_util.tree_map(lambda m: not m, trainable_mask(params))
 
@@ -253,7 +292,12 @@ def labels(
 
 
 def unfreeze(params: PyTree) -> PyTree:
-    """Remove every frozen marker: the parameters of the unfrozen network."""
+    """Remove every frozen marker: the parameters of the unfrozen network.
+
+    Example:
+      >>> unfreeze([{"W": 1.0}, freeze_params({"W": 2.0})])
+      [{'W': 1.0}, {'W': 2.0}]
+    """
     return jax.tree_util.tree_map(frozen_values, params, is_leaf=is_frozen)
 
 
@@ -267,6 +311,7 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
       ValueError: naming the first place where the layouts or shapes differ.
 
     Example:
+<<<<<<< HEAD
       >>> import jax
       >>> from nt_frozen import Frozen, LearningRate, stax, freeze_like
       >>> from nt_frozen import is_frozen, learning_rates
@@ -279,6 +324,11 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
       >>> marked = freeze_like(pretrained, like)
       >>> is_frozen(marked[0]), jax.tree_util.tree_leaves(learning_rates(marked))
       (True, [0.0, 10.0])
+=======
+      >>> like = [{"W": 0.0}, freeze_params({"W": 0.0})]
+      >>> freeze_like([{"W": 1.0}, {"W": 2.0}], like)
+      [{'W': 1.0}, FrozenParams({'W': 2.0})]
+>>>>>>> tests
     """
     plain_like, plain = _unmarked(like), _unmarked(params)
     # Any: jaxlib ships no type stubs for `PyTreeDef`, so mypy cannot compare it.

@@ -46,6 +46,12 @@ class RatedParams:
     states and `tree_map`s of the parameters keep it.
 
     Rate 0 is :class:`~nt_frozen.FrozenParams`; nested markers multiply.
+
+    Example:
+      >>> import jax
+      >>> node = RatedParams({"W": 1.0}, rate=0.5)
+      >>> is_rated(node), node.rate, jax.tree_util.tree_leaves(node)
+      (True, 0.5, [1.0])
     """
 
     __slots__ = ("params", "rate")
@@ -69,7 +75,12 @@ class RatedParams:
 
 
 def is_rated(node: Any) -> bool:
-    """True for a :class:`RatedParams` node (use as `is_leaf` in tree maps)."""
+    """True for a :class:`RatedParams` node (use as `is_leaf` in tree maps).
+
+    Example:
+      >>> is_rated(rate_params({"W": 1.0}, 2.0)), is_rated({"W": 1.0})
+      (True, False)
+    """
     return isinstance(node, RatedParams)
 
 
@@ -79,7 +90,14 @@ def _is_marker(node: Any) -> bool:
 
 def rate_params(params: PyTree, rate: float) -> PyTree:
     """Mark `params` as trained at `rate`: `FrozenParams` for 0, unchanged for
-    1 or a tree without leaves, else a :class:`RatedParams` node."""
+    1 or a tree without leaves, else a :class:`RatedParams` node.
+
+    Example:
+      >>> rate_params({"W": 1.0}, 2.0)
+      RatedParams({'W': 1.0}, rate=2.0)
+      >>> rate_params({"W": 1.0}, 0.0), rate_params({"W": 1.0}, 1.0)
+      (FrozenParams({'W': 1.0}), {'W': 1.0})
+    """
     rate = _check_rate(rate, "rate_params")
     if not jax.tree_util.tree_leaves(params) or rate == 1.0:
         return params
@@ -89,7 +107,12 @@ def rate_params(params: PyTree, rate: float) -> PyTree:
 
 
 def rated_values(params: PyTree) -> PyTree:
-    """The parameter values under a (possibly absent) rate marker."""
+    """The parameter values under a (possibly absent) rate marker.
+
+    Example:
+      >>> rated_values(rate_params({"W": 1.0}, 2.0)), rated_values({"W": 1.0})
+      ({'W': 1.0}, {'W': 1.0})
+    """
     return params.params if is_rated(params) else params
 
 
@@ -133,7 +156,13 @@ def learning_rates(params: PyTree) -> PyTree:
 
 def apply_learning_rates(updates: PyTree) -> PyTree:
     """Multiply each leaf of `updates` (gradients, or any tree with the markers
-    of the parameters) by its effective rate; leaves at rate 1 are untouched."""
+    of the parameters) by its effective rate; leaves at rate 1 are untouched.
+
+    Example:
+      >>> params = [RatedParams({"W": 1.0}, 0.5), FrozenParams({"W": 1.0}), {"W": 1.0}]
+      >>> jax.tree_util.tree_leaves(apply_learning_rates(params))
+      [0.5, 0.0, 1.0]
+    """
     return _map_with_rates(lambda u, rate: u if rate == 1.0 else rate * u, updates)
 
 
@@ -146,6 +175,12 @@ def weight_jacobians(params: PyTree) -> PyTree:
     `J` an NTK contracts, `J J^T` becomes `sum_b r_b J_b J_b^T`: the rated
     empirical NTK, with any Jacobian implementation. Leaves at rate 1 and
     frozen ones are returned as they are.
+
+    Example:
+      >>> params = RatedParams({"W": 3.0}, rate=4.0)
+      >>> f = lambda p: jax.tree_util.tree_leaves(weight_jacobians(p))[0] ** 2
+      >>> float(f(params)), float(jax.grad(f)(params).params["W"])  # 2 * 3 * sqrt(4)
+      (9.0, 12.0)
     """
 
     return _map_with_rates(scale_jacobian, params)

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rel_err
 
 from nt_frozen import (
     Frozen,
@@ -25,6 +24,7 @@ from nt_frozen import (
     ntk_decomposition,
     stax,
 )
+from nt_frozen.testing import fast_jit, freeze_all_but, inputs, rel_err
 
 
 def deep_mlp(parameterization="ntk", depth=3):
@@ -99,28 +99,6 @@ FAMILIES = {
 }
 
 
-def inputs(shape, same, n1=3, n2=2):
-    x1 = jax.random.normal(jax.random.PRNGKey(10), (n1, *shape))
-    x2 = None if same else jax.random.normal(jax.random.PRNGKey(11), (n2, *shape))
-    return x1, x2
-
-
-# XLA's cheapest CPU compilation: these tests check values, not speed.
-FAST_COMPILE = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-
-
-def fast_jit(fn, *args):
-    """`jax.jit(fn)(*args)`, compiled fast, results on the host."""
-    return jax.device_get(jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args))
-
-
-def frozen_but(layers, keep):
-    return [lyr if i in keep else Frozen(lyr) for i, lyr in enumerate(layers)]
-
-
 SECONDS = ("x2", "x2=None")
 
 
@@ -135,7 +113,7 @@ def analytic(family: str, dtype: str):
     """
     assert jnp.zeros(()).dtype == jnp.dtype(dtype)
     make, shape, param_layers = FAMILIES[family]
-    x1, x2 = inputs(shape, same=False)
+    x1, x2 = inputs(shape, n1=3, n2=2)
     decomposition = ntk_decomposition(make(), input_shape=x1.shape)
     # The first layer with parameters in no group: frozen in every row.
     tail = ntk_decomposition(make(), [[i] for i in param_layers[1:]])
@@ -150,7 +128,7 @@ def analytic(family: str, dtype: str):
         }
         if dtype == "float64":  # one network per group: only where it counts
             results["x2"]["frozen"] = [
-                stax.serial(*frozen_but(make(), {i}))[2](x1, x2, "ntk")
+                stax.serial(*freeze_all_but(make(), {i}))[2](x1, x2, "ntk")
                 for i in param_layers
             ]
             results["x2"]["tail"] = tail(x1, x2)
@@ -217,12 +195,12 @@ def issue_layers():
 def test_readout_and_body_rows_with_a_leading_layer_in_no_group(x64):
     """The reported case: `{"readout": -1}` gave the full NTK, and the body
     row of `{"body": [2], "readout": -1}` was off by 0.92 (relative)."""
-    x1, x2 = inputs((3,), same=False, n1=5, n2=4)
+    x1, x2 = inputs((3,), n1=5, n2=4)
     readout_only = ntk_decomposition(issue_layers(), {"readout": -1})
     body_readout = ntk_decomposition(issue_layers(), {"body": [2], "readout": -1})
 
     def ntk_training(keep):
-        return stax.serial(*frozen_but(issue_layers(), keep))[2](x1, x2, "ntk")
+        return stax.serial(*freeze_all_but(issue_layers(), keep))[2](x1, x2, "ntk")
 
     (readout, parts), (want_readout, want_body, full) = fast_jit(
         lambda: (
@@ -238,14 +216,14 @@ def test_readout_and_body_rows_with_a_leading_layer_in_no_group(x64):
 
 def test_user_groups_named_unnamed_and_partial(x64):
     layers = deep_mlp()  # Dense at 0, 2, 4, readout at 6
-    x1, x2 = inputs((3,), same=False)
+    x1, x2 = inputs((3,), n1=3, n2=2)
     named = ntk_decomposition(layers, {"readout": -1, "body": [0, 1, 2, 4]})
     # unnamed; a non-contiguous group that starts after another one; layer 4
     # in no group
     unnamed = ntk_decomposition(layers, [[6, 2], 0])
 
     def ntk_training(keep):
-        return stax.serial(*frozen_but(layers, keep))[2](x1, x2, "ntk")
+        return stax.serial(*freeze_all_but(layers, keep))[2](x1, x2, "ntk")
 
     keeps = ({6}, {0, 2, 4}, {2, 6}, {0}, {0, 2, 6})
     (named_parts, unnamed_parts), want = fast_jit(
@@ -276,7 +254,7 @@ def test_parameter_free_and_frozen_layers_contribute_zero(x64):
         stax.Erf(),
         stax.Dense(1, b_std=0.1),
     ]
-    x1, x2 = inputs((3,), same=False)
+    x1, x2 = inputs((3,), n1=3, n2=2)
     default = ntk_decomposition(layers)  # groups found at each call
     explicit = ntk_decomposition(layers, [0, 1, 2, [3], 4])
     default_parts, explicit_parts, full = fast_jit(
@@ -298,7 +276,7 @@ def test_parameter_free_and_frozen_layers_contribute_zero(x64):
 
 
 def test_kernel_fn_fields_and_kwargs(x64):
-    x1, x2 = inputs((4, 4, 2), same=False)
+    x1, x2 = inputs((4, 4, 2), n1=3, n2=2)
     decomposition = ntk_decomposition(cnn())
     reference = stax.serial(*cnn())[2]
     mlp = ntk_decomposition(deep_mlp())
@@ -329,7 +307,7 @@ def test_kernel_fn_fields_and_kwargs(x64):
 def test_kernel_input_treats_upstream_as_frozen(x64):
     front = stax.serial(stax.Dense(8, b_std=0.2), stax.Relu())
     back = [stax.Dense(8, W_std=1.3, b_std=0.3), stax.Erf(), stax.Dense(1)]
-    x1, x2 = inputs((3,), same=False)
+    x1, x2 = inputs((3,), n1=3, n2=2)
     decomposition = ntk_decomposition(back)
 
     def everything():
@@ -338,7 +316,7 @@ def test_kernel_input_treats_upstream_as_frozen(x64):
             k_in.ntk,
             decomposition.kernel_fn(k_in, get="ntk"),
             stax.serial(Frozen(front), *back)[2](x1, x2, "ntk"),
-            stax.serial(Frozen(front), *frozen_but(back, {2}))[2](x1, x2, "ntk"),
+            stax.serial(Frozen(front), *freeze_all_but(back, {2}))[2](x1, x2, "ntk"),
         )
 
     ntk_in, parts, full, readout = fast_jit(everything)
@@ -356,7 +334,7 @@ def test_jit(second, x64):
     arccos(~1) on the diagonal, where XLA's optimizations alone move NT's own
     NTK by ~4e-10 relative in float64."""
     _, references = analytic("residual", "float64")
-    x1, x2 = inputs((3,), same=False)
+    x1, x2 = inputs((3,), n1=3, n2=2)
     x2 = x2 if second == "x2" else None
     full = jax.jit(stax.serial(*residual())[2], static_argnames="get")(x1, x2, "ntk")
     decomposition = ntk_decomposition(residual(), {"in": 0, "out": [2, 5]})
@@ -394,14 +372,14 @@ def empirical(family: str):
     assert jnp.zeros(()).dtype == jnp.float64
     make, shape, param_layers, seconds = EMPIRICAL[family]
     init_fn, apply_fn, _ = stax.serial(*make())
-    x1, x2 = inputs(shape, same=False)
+    x1, x2 = inputs(shape, n1=3, n2=2)
     _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
     decomposition = empirical_ntk_decomposition(make(), input_shape=x1.shape)
     tail = empirical_ntk_decomposition(make(), param_layers[1:])
     # the same values, with every layer but one frozen
     only = {}
     for i in param_layers:
-        init_i, apply_i, _ = stax.serial(*frozen_but(make(), {i}))
+        init_i, apply_i, _ = stax.serial(*freeze_all_but(make(), {i}))
         like = jax.eval_shape(lambda i=init_i: i(jax.random.PRNGKey(0), x1.shape)[1])
         only[i] = apply_i, freeze_like(params, like)
 
@@ -435,7 +413,7 @@ def test_empirical_decomposition(family, second, x64):
     parts = results[second]["parts"]
     # made from the layers, it labels its rows as the analytic decomposition
     analytic_labels = ntk_decomposition(EMPIRICAL[family][0]()).resolve(
-        inputs(EMPIRICAL[family][1], same=True)[0].shape
+        inputs(EMPIRICAL[family][1], n1=3, n2=2, same=True)[0].shape
     )
     assert decomposition.labels == tuple(g.label for g in analytic_labels)
     assert [g.indices for g in decomposition.groups] == [(i,) for i in param_layers]
@@ -461,7 +439,7 @@ def test_empirical_frozen_layers_groups_and_options(x64):
         stax.Dense(2, b_std=0.1),
     ]
     init_fn, apply_fn, _ = stax.serial(*layers)
-    x1, x2 = inputs((3,), same=False)
+    x1, x2 = inputs((3,), n1=3, n2=2)
     _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
     default = empirical_ntk_decomposition(apply_fn)
     explicit = empirical_ntk_decomposition(apply_fn, {"free": [1, 2], "all": [0, 4]})
@@ -525,7 +503,7 @@ def test_errors(layers, groups, error, match):
 
 def test_empirical_errors_and_unresolved_labels():
     init_fn, apply_fn, _ = stax.serial(*deep_mlp(depth=2))
-    x1, x2 = inputs((3,), same=True)
+    x1, x2 = inputs((3,), n1=3, n2=2, same=True)
     params = jax.eval_shape(lambda: init_fn(jax.random.PRNGKey(0), x1.shape)[1])
     decomposition = empirical_ntk_decomposition(apply_fn, [0, 9])
     with pytest.raises(ValueError, match="names layer 9, but the network has 5"):

@@ -1,5 +1,4 @@
-"""Trainable/frozen partition, optimizer masks, training with optax, and the
-trainable-only empirical kernels against NT on the same stop-gradient net."""
+"""Trainable/frozen partition, optimizer masks, and training with optax."""
 
 from __future__ import annotations
 
@@ -13,15 +12,17 @@ import nt_frozen
 from nt_frozen import (
     Frozen,
     FrozenParams,
+    LearningRate,
     freeze_like,
     labels,
+    learning_rates,
     merge,
-    nt,
     split,
     stax,
     trainable_mask,
     unfreeze,
 )
+from nt_frozen.testing import frozen_middle_mlp
 
 
 def nested_net():
@@ -95,7 +96,7 @@ def _l2_adam_steps(opt, n_steps=5):
     """`n_steps` of `opt` on a loss with an L2 term on *all* parameters, whose
     gradient reaches frozen leaves too (outside `apply_fn`'s stop-gradient).
     Returns the parameters before and after."""
-    init_fn, apply_fn, _ = _mlp_frozen_middle(16)
+    init_fn, apply_fn, _ = frozen_middle_mlp(16)
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
 
@@ -221,101 +222,37 @@ def test_haiku_subset_training_example():
     assert float(loss(trainable)) < 0.02
 
 
-def _mlp_frozen_middle(width=256):
-    return stax.serial(
-        stax.Dense(width, b_std=0.1),
-        stax.Relu(),
-        Frozen(stax.Dense(width, W_std=1.4, b_std=0.1)),
-        stax.Relu(),
-        stax.Dense(2),
-    )
-
-
-def _cnn_frozen_middle():
-    return stax.serial(
-        stax.Conv(8, (2, 2), b_std=0.1),
-        stax.Relu(),
-        Frozen(stax.Conv(8, (2, 2))),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(2),
-    )
-
-
-@pytest.mark.compat_matrix
-@pytest.mark.parametrize("implementation", [1, 2, 3])
-@pytest.mark.parametrize(
-    "make, shape",
-    [(_mlp_frozen_middle, (4, 5)), (_cnn_frozen_middle, (3, 5, 5, 2))],
-    ids=["mlp", "cnn"],
-)
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"trace_axes": ()},
-        {"trace_axes": (), "diagonal_axes": (0,)},
-        {"vmap_axes": 0},
-    ],
-    ids=["default", "no-trace", "diagonal", "vmap"],
-)
-def test_trainable_only_ntk_equals_nt(make, shape, implementation, options):
-    init_fn, apply_fn, _ = make()
-    x1 = jax.random.normal(jax.random.PRNGKey(0), shape)
-    x2 = jax.random.normal(jax.random.PRNGKey(1), (2, *shape[1:]))
-    if options.get("diagonal_axes"):
-        x2 = None  # diagonal over the batch needs matching batches
-    _, params = init_fn(jax.random.PRNGKey(2), shape)
-    ours = nt_frozen.empirical_ntk_fn(
-        apply_fn, implementation=implementation, **options
-    )
-    ref = nt.empirical_ntk_fn(apply_fn, implementation=implementation, **options)
-    a, b = ours(x1, x2, params), ref(x1, x2, params)
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * float(jnp.abs(b).max()))
-
-
-def test_empirical_kernel_fn_get_and_all_frozen():
-    init_fn, apply_fn, _ = _mlp_frozen_middle()
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
-    _, params = init_fn(jax.random.PRNGKey(2), x.shape)
-    ours = nt_frozen.empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
-    ref = nt.empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
-    np.testing.assert_allclose(ours.nngp, ref.nngp, rtol=1e-6)
-    np.testing.assert_allclose(ours.ntk, ref.ntk, rtol=2e-5)
-    assert nt_frozen.empirical_kernel_fn(apply_fn)(x, None, "nngp", params).shape == (
-        4,
-        4,
-    )
-    with pytest.raises(ValueError, match="is not a kernel name here"):
-        nt_frozen.empirical_kernel_fn(apply_fn)(x, None, "cov1", params)
-    all_frozen = Frozen(_mlp_frozen_middle())
-    _, p = all_frozen[0](jax.random.PRNGKey(0), x.shape)
-    zero = nt_frozen.empirical_ntk_fn(all_frozen[1])(x, None, p)
-    np.testing.assert_array_equal(zero, 0.0)
-    assert zero.shape == (4, 4)
-
-
-@pytest.mark.compat_matrix
-def test_monte_carlo_kernel_fn_matches_average_of_draws():
-    init_fn, apply_fn, _ = _mlp_frozen_middle(64)
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))
-    key = jax.random.PRNGKey(5)
-    mc = nt_frozen.monte_carlo_kernel_fn(init_fn, apply_fn, key, 3)(x, None, "ntk")
-    draws = [
-        nt.empirical_ntk_fn(apply_fn)(
-            x, None, init_fn(jax.random.fold_in(key, i), x.shape)[1]
-        )
-        for i in range(3)
-    ]
-    np.testing.assert_allclose(mc, sum(draws) / 3, rtol=1e-5)
-    gen = nt_frozen.monte_carlo_kernel_fn(init_fn, apply_fn, key, [1, 3])
-    first, third = list(gen(x, None, "ntk"))
-    np.testing.assert_allclose(first, draws[0], rtol=1e-5)
-    np.testing.assert_allclose(third, mc, rtol=1e-6)
-
-
 def test_frozen_params_node_in_pytree_utilities():
     p = FrozenParams((jnp.ones(2), None))
     assert jax.tree_util.tree_leaves(p)[0].shape == (2,)
     assert isinstance(jax.tree_util.tree_map(lambda x: 2 * x, p), FrozenParams)
+
+
+def test_freeze_like_copies_rates_and_frozen_marks():
+    """Pretrained plain parameters take the markers of the rated network's own
+    `init_fn` (the reference), rates and frozen leaves alike."""
+    layers = [
+        LearningRate(stax.Dense(8, b_std=0.1), 0.1),
+        stax.Relu(),
+        Frozen(LearningRate(stax.Dense(8), 3.0)),
+        LearningRate(stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)), 10.0),
+    ]
+    _, like = stax.serial(*layers)[0](jax.random.PRNGKey(0), (2, 5))
+    plain = stax.serial(
+        stax.Dense(8, b_std=0.1),
+        stax.Relu(),
+        stax.Dense(8),
+        stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)),
+    )[0]
+    _, pretrained = plain(jax.random.PRNGKey(7), (2, 5))
+    marked = freeze_like(pretrained, like)
+    structure = jax.tree_util.tree_structure
+    assert structure(marked) == structure(like)
+    assert structure(learning_rates(marked)) == structure(learning_rates(like))
+    rates = jax.tree_util.tree_leaves(learning_rates(marked))
+    assert rates == jax.tree_util.tree_leaves(learning_rates(like))
+    assert sorted(set(rates)) == [0.0, 0.1, 10.0]
+    for got, want in zip(
+        jax.tree_util.tree_leaves(marked), jax.tree_util.tree_leaves(pretrained)
+    ):
+        np.testing.assert_array_equal(got, want)

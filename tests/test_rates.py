@@ -3,7 +3,7 @@ empirical kernels and its training dynamics, each against an independent
 reference.
 
 - Analytic: `L(ntk_in) + rate * P` by a second code path (two passes and a
-  subtraction, float64) for every layer of `test_layers.CASES`; the sum rule
+  subtraction, float64) for every layer of `nt_frozen.testing.LAYER_CASES`; the sum rule
   `Theta = sum_l eta_l Theta_l` against `ntk_decomposition` of the unrated
   network; float32 without cancellation against float64.
 - Empirical: `sum_b rate_b J_b J_b^T` against NT's own `empirical_ntk_fn` on
@@ -12,7 +12,7 @@ reference.
   score), where the rates swapped must fail.
 - Training: gradient descent moves a leaf by `rate * lr * grad` (exact, on a
   network linear in its trainable parameters); finite ensembles against
-  `nt.predict` with the rated kernel, with `test_dynamics`' tolerances, and
+  `nt.predict` with the rated kernel, with the dynamics tests' tolerances, and
   the swapped rates rejected.
 """
 
@@ -26,14 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
-    assert_same_fields_but_ntk,
-    is_kernel,
-    linear_part_by_subtraction,
-    rel_err,
-)
-from test_dynamics import STEP_FRACTION, X_TEST, X_TRAIN, Y_TRAIN, K, _times
-from test_layers import CASES, _inputs
 
 from nt_frozen import (
     Frozen,
@@ -42,7 +34,6 @@ from nt_frozen import (
     RatedParams,
     empirical_ntk_decomposition,
     empirical_ntk_fn,
-    freeze_like,
     learning_rates,
     merge,
     nt,
@@ -59,8 +50,26 @@ from nt_frozen.dynamics import (
     stiffest_mode_time,
     train_ensemble,
 )
-from nt_frozen.validation import ARCHITECTURES, run_validation
+from nt_frozen.testing import (
+    LAYER_CASES,
+    assert_same_fields_but_ntk,
+    gd_times,
+    is_kernel,
+    layer_inputs,
+    linear_part_by_subtraction,
+    rel_err,
+    sphere_regression,
+)
 from nt_frozen.validation.statistics import MAX_SCORE, agreement
+
+# The regression task and tolerance factor of the dynamics tests.
+X_TRAIN, Y_TRAIN, X_TEST = sphere_regression()
+Y_TRAIN = Y_TRAIN[:, :1]
+STEP_FRACTION, K = 0.05, 4.0
+
+
+def _times(kernel_fn):
+    return gd_times(kernel_fn, X_TRAIN, Y_TRAIN.size)
 
 
 def _own_term(kernel_fn, k, **kwargs):
@@ -108,7 +117,7 @@ DEFAULT_CASES = {
 
 def _rated_cases():
     for rate in (0.1, 10.0):
-        for name, *case in CASES:
+        for name, *case in LAYER_CASES:
             fast = rate == 0.1 and name in DEFAULT_CASES
             marks = () if fast else pytest.mark.slow
             yield pytest.param(*case, rate, id=f"{name}-{rate:g}", marks=marks)
@@ -118,7 +127,7 @@ def _rated_cases():
 def test_rated_kernel_is_linear_part_plus_rate_times_own_term(
     x64, pre, lyr, shape, has_params, kwargs, rate
 ):
-    x1, x2, kwargs = _inputs(shape, kwargs)
+    x1, x2, kwargs = layer_inputs(shape, kwargs)
 
     @jax.jit
     def kernels(x1, x2):
@@ -539,7 +548,7 @@ def _dyn_mlp(width, rates):
 
 @functools.cache
 def _rated_run():
-    """Train the rated ensemble once; `test_dynamics`' data, times and steps."""
+    """Train the rated ensemble once; the dynamics tests' data, times and steps."""
     net, data = _dyn_mlp(DYN_WIDTH, DYN_RATES), (X_TRAIN, Y_TRAIN, X_TEST)
     key, step_fraction = jax.random.PRNGKey(1), STEP_FRACTION
     ts = _times(net[2])
@@ -549,7 +558,7 @@ def _rated_run():
 
 
 def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
-    """Ensemble mean, paired mean and variance within `test_dynamics`'
+    """Ensemble mean, paired mean and variance within the dynamics tests'
     tolerances `K (SE + width^-1/2)` of `nt.predict` on the rated kernel.
 
     Control: at this ensemble size those tolerances are too loose to reject
@@ -573,48 +582,3 @@ def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
         )
         ratio = dynamics_agreement(ensemble, control).residual_rms / right.residual_rms
         assert ratio.max() > 2.0, (wrong, ratio)
-
-
-# --- The validation sweep -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name", ["mlp-rates", pytest.param("residual-rates", marks=pytest.mark.slow)]
-)
-def test_validate_sweeps_rated_architectures_and_rejects_their_controls(name):
-    for result in run_validation([ARCHITECTURES[name]], widths=[128, 512], samples=6):
-        assert result.frozen.verdict == "PASS", (result.name, result.frozen.reasons)
-        assert set(result.controls) == {"unrated", "swapped_rates"}
-        for name, control in result.controls.items():
-            assert control.verdict == "FAIL", (result.name, name)
-        assert result.ok
-
-
-def test_freeze_like_copies_rates_and_frozen_marks():
-    """Pretrained plain parameters take the markers of the rated network's own
-    `init_fn` (the reference), rates and frozen leaves alike."""
-    layers = [
-        LearningRate(stax.Dense(8, b_std=0.1), 0.1),
-        stax.Relu(),
-        Frozen(LearningRate(stax.Dense(8), 3.0)),
-        LearningRate(stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)), 10.0),
-    ]
-    _, like = stax.serial(*layers)[0](jax.random.PRNGKey(0), (2, 5))
-    plain = stax.serial(
-        stax.Dense(8, b_std=0.1),
-        stax.Relu(),
-        stax.Dense(8),
-        stax.serial(stax.Dense(8), stax.Dense(2, b_std=0.2)),
-    )[0]
-    _, pretrained = plain(jax.random.PRNGKey(7), (2, 5))
-    marked = freeze_like(pretrained, like)
-    structure = jax.tree_util.tree_structure
-    assert structure(marked) == structure(like)
-    assert structure(learning_rates(marked)) == structure(learning_rates(like))
-    rates = jax.tree_util.tree_leaves(learning_rates(marked))
-    assert rates == jax.tree_util.tree_leaves(learning_rates(like))
-    assert sorted(set(rates)) == [0.0, 0.1, 10.0]
-    for got, want in zip(
-        jax.tree_util.tree_leaves(marked), jax.tree_util.tree_leaves(pretrained)
-    ):
-        np.testing.assert_array_equal(got, want)

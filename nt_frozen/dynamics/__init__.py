@@ -23,6 +23,12 @@ Modules: :mod:`~nt_frozen.dynamics.schedule` (the step schedule),
 :mod:`~nt_frozen.dynamics.training` (finite ensembles),
 :mod:`~nt_frozen.dynamics.prediction` (`nt.predict` with the analytic kernels)
 and :mod:`~nt_frozen.dynamics.agreement` (their comparison).
+
+Constants (defaults of :func:`gd_schedule` and :func:`train_ensemble`):
+`STEP_FRACTION` (0.02), the largest `eta * lambda_max / N` of one step;
+`INF_TOL` (1e-3), the residual fraction at which the `t = inf` run stops;
+`INF_WARMUP` (4), the `lambda_max tau / N` reached in small steps
+before the `t = inf` run's large ones.
 """
 
 from nt_frozen.dynamics.agreement import (

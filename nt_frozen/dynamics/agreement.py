@@ -37,6 +37,16 @@ class DynamicsAgreement(NamedTuple):
       initialization noise cancels: only finite-width effects remain.
     - `residual_rms`: root mean square over members of `member - linearized
       member`, the finite-width deviation of a single network, `O(width^-1/2)`.
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.dynamics import compare_dynamics
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> *_, agreement = compare_dynamics(*three_layer_mlp(32, (True, True, False)),
+      ...     x, y[:, :1], x_test, [0.5, 2.0], jax.random.PRNGKey(1), 3)
+      >>> agreement.n_members, agreement.mean_error.shape  # one error per time
+      (3, (2,))
     """
 
     ts: np.ndarray

@@ -20,7 +20,17 @@ from nt_frozen.dynamics.training import EnsemblePredictions
 
 class AnalyticPrediction(NamedTuple):
     """`nt.predict` mean and marginal variance of test outputs at each time,
-    with the kernels and training settings it came from."""
+    with the kernels and training settings it came from.
+
+    Example:
+      >>> from nt_frozen.dynamics import analytic_prediction
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> _, _, kernel_fn = three_layer_mlp(32, (False, True, False))
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> p = analytic_prediction(kernel_fn, x, y[:, :1], x_test, [0.5, 2.0])
+      >>> p.mean.shape, p.variance.shape  # (times, test points[, outputs])
+      ((2, 2, 1), (2, 2))
+    """
 
     ts: np.ndarray
     mean: jax.Array  # (T, n_test, out)
@@ -158,7 +168,17 @@ def linearized_members(
     is a symmetry of the initialization), so its mean over members is the
     analytic mean: `member - linearized member` has the ensemble's mean error
     as its expectation, without the initialization noise of `f_0`. Returns an
-    array shaped like `ensemble.test` (example: :func:`compare_dynamics`).
+    array shaped like `ensemble.test`.
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.dynamics import compare_dynamics, linearized_members
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> ens, p, _ = compare_dynamics(*three_layer_mlp(32), x, y[:, :1], x_test,
+      ...     [0.5, 2.0], jax.random.PRNGKey(1), 3)
+      >>> linearized_members(ens, p).shape == ens.test.shape
+      True
     """
     ts = prediction.ts
     if not np.array_equal(ensemble.ts, ts):

@@ -33,6 +33,13 @@ class GDSchedule(NamedTuple):
     per step); the network's outputs after the segments with `recorded[k]`
     are the predictions at `ts`, in order (the others are warm-up segments of
     a `t = inf` run).
+
+    Example:
+      >>> import numpy as np
+      >>> from nt_frozen.dynamics import gd_schedule
+      >>> s = gd_schedule([1.0, 2.0], np.eye(2), y_size=2)
+      >>> float((s.n_steps * s.step_sizes).sum()), s.recorded.tolist()
+      (2.0, [True, True])
     """
 
     ts: np.ndarray

@@ -24,6 +24,17 @@ class EnsemblePredictions(NamedTuple):
 
     `test[m, k]` is member `m`'s output on `x_test` at `ts[k]`; `test_0` and
     `train_0` are the outputs at initialization (for paired comparisons).
+
+    Example:
+      >>> import jax, numpy as np
+      >>> from nt_frozen.dynamics import train_ensemble
+      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> init_fn, apply_fn, _ = three_layer_mlp(32, (False, True, False))
+      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
+      >>> ens = train_ensemble(init_fn, apply_fn, x, y[:, :1], x_test, [0.5, 2.0],
+      ...     jax.random.PRNGKey(1), 3, np.eye(4))
+      >>> ens.test.shape  # (members, times, test points, outputs)
+      (3, 2, 2, 1)
     """
 
     ts: np.ndarray

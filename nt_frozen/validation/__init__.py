@@ -24,6 +24,10 @@ FAIL), :mod:`~nt_frozen.validation.architectures` (the networks swept),
 :mod:`~nt_frozen.validation.sweep` (the draws, width by width, saved and
 resumed), :mod:`~nt_frozen.validation.report` (table, JSON, figure) and
 :mod:`~nt_frozen.validation.cli` (`nt-frozen validate`).
+
+Registries: `ARCHITECTURES`, the built-in networks by name
+(:class:`Architecture`); `CONTROLS`, the wrong kernels every architecture is
+also scored against, by name (`"unfrozen"`, `"identity_guess"`).
 """
 
 from nt_frozen.validation.architectures import (

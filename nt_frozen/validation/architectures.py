@@ -39,6 +39,14 @@ class Architecture:
       controls: wrong networks, `{name: build(width)}`, scored in place of
         :data:`CONTROLS` (which act through `freeze`): e.g. for per-layer
         rates, the unrated network and the rates swapped.
+
+    Example:
+      >>> from nt_frozen import stax
+      >>> arch = Architecture("tiny", "Dense-Frozen(Dense)",
+      ...     lambda n, freeze=Frozen: [stax.Dense(n), freeze(stax.Dense(1))],
+      ...     input_shape=(4, 3))
+      >>> arch.has_controls, arch.control_names
+      (True, ('unfrozen', 'identity_guess'))
     """
 
     name: str
@@ -262,6 +270,14 @@ def load_architecture(spec: str, input_shape: tuple[int, ...] = _MLP_INPUTS):
     layers for `stax.serial`); if it also takes `freeze`, it should apply it to
     the frozen layers (default `Frozen`), and the sweep runs the controls.
     `module` is an importable module name or a path to a `.py` file.
+
+    Example:
+      >>> load_architecture("mlp-frozen-middle").name
+      'mlp-frozen-middle'
+      >>> load_architecture("no-such-net")
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown architecture 'no-such-net': ...
     """
     if spec in ARCHITECTURES:
         return ARCHITECTURES[spec]

@@ -16,6 +16,15 @@ def IdentityGuess(wrapped: Layer) -> Layer:  # noqa: N802 (stax layers are Camel
 
     A control for validation: it ignores the `W_std**2` factor of a frozen
     `Dense`/`Conv` and the derivative kernel of a frozen nonlinearity.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nt_frozen import stax
+      >>> x = jnp.ones((2, 3))
+      >>> k_in = stax.Dense(4)[2](x, None, "ntk")
+      >>> guess = stax.serial(stax.Dense(4), IdentityGuess(stax.Dense(4, W_std=2.0)))
+      >>> bool(jnp.allclose(guess[2](x, None, "ntk"), k_in))  # passed through unchanged
+      True
     """
     init_fn, apply_fn, kernel_fn = wrapped
 

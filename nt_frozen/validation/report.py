@@ -48,7 +48,12 @@ def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
 
 
 def finite_or_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None."""
+    """`value` with every NaN or infinite float replaced by None.
+
+    Example:
+      >>> finite_or_null({"slope": float("nan"), "errors": [0.1, float("inf")]})
+      {'slope': None, 'errors': [0.1, None]}
+    """
     if isinstance(value, dict):
         return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -63,7 +68,15 @@ def _quantiles(errors):
 
 
 def format_table(results: Sequence[ArchitectureResult]) -> str:
-    """The sweep's results as the text table the command line prints."""
+    """The sweep's results as the text table the command line prints.
+
+    Example:
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
+      >>> from nt_frozen.validation import format_table
+      >>> format_table([result]).splitlines()[-1].split()[:2]
+      ['PASS', 'toy']
+    """
 
     lines = []
     for r in results:
@@ -128,7 +141,20 @@ _CONTROL_STYLE = {
 
 
 def plot_sweep(ax, result: ArchitectureResult) -> None:
-    """Draw one architecture's errors vs width on a matplotlib `ax`."""
+    """Draw one architecture's errors vs width on a matplotlib `ax`.
+
+    Example:
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
+      >>> import matplotlib
+      >>> matplotlib.use("Agg")
+      >>> import matplotlib.pyplot as plt
+      >>> from nt_frozen.validation import plot_sweep
+      >>> fig, ax = plt.subplots()
+      >>> plot_sweep(ax, result)
+      >>> ax.get_xscale(), ax.get_yscale()
+      ('log', 'log')
+    """
     frozen = result.frozen
     rms = np.asarray(frozen.rms_errors)
     if not (np.isfinite(rms).all() and (rms > 0).all()):  # nothing to put on log axes
@@ -204,7 +230,17 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
 
 
 def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path:
-    """One panel per architecture, saved as a PNG at `path`."""
+    """One panel per architecture, saved as a PNG at `path`.
+
+    Example:
+      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> result = synthetic_sweep_result()
+      >>> import tempfile, pathlib
+      >>> from nt_frozen.validation import save_sweep_figure
+      >>> folder = pathlib.Path(tempfile.mkdtemp())
+      >>> save_sweep_figure([result], folder / "sweep.png").stat().st_size > 0
+      True
+    """
     # A bare Figure (no pyplot) leaves the caller's backend alone, e.g. in Jupyter.
     from matplotlib.figure import Figure
 

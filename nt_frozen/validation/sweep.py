@@ -43,6 +43,14 @@ def empirical_draws_fn(
     architecture with that shape, whereas compiling the sampling into a jitted
     function costs seconds per width. The NTK is compiled once per width, and
     one draw's parameters are alive at a time (or a few, dispatch being async).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> empirical_draws_fn(arch, 16, samples=2)(jax.random.PRNGKey(1), x).shape
+      (2, 3, 3)
     """
     init_fn, apply_fn, _ = arch.network(width)
     ntk_fn = jax.jit(empirical_ntk_fn(apply_fn, implementation=implementation))
@@ -56,7 +64,16 @@ def empirical_draws_fn(
 
 def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
     """Jitted `x -> {"frozen": ntk, control: ntk, ...}`: one compile per width
-    for the frozen kernel and every control (run op by op, each costs seconds)."""
+    for the frozen kernel and every control (run op by op, each costs seconds).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> sorted(analytic_ntks_fn(arch, 16)(x))
+      ['frozen', 'identity_guess', 'unfrozen']
+    """
     networks = {"frozen": arch.network(width)}
     if arch.has_controls:
         networks |= {c: arch.control_network(c, width) for c in arch.control_names}
@@ -73,7 +90,17 @@ def width_kernels(
     implementation: int | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One width of the sweep: the `samples` empirical NTKs drawn with `key`,
-    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays)."""
+    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> draws, analytic = width_kernels(arch, 16, 2, jax.random.PRNGKey(1), x)
+      >>> draws.shape, analytic["frozen"].shape
+      ((2, 3, 3), (3, 3))
+    """
     draws = empirical_draws_fn(arch, width, samples, implementation)(key, x)
     analytic = analytic_ntks_fn(arch, width)(x)
     # One host transfer per width, after all draws.
@@ -101,7 +128,17 @@ def sweep_settings(
 ) -> dict[str, Any]:
     """What determines a sweep's draws: saved widths resume only under equal
     settings (the widths themselves may differ: each width's draws depend on
-    the seed, the architecture's position and the width only)."""
+    the seed, the architecture's position and the width only).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> settings = sweep_settings([arch], samples=8, seed=0)
+      >>> settings["architectures"][0]["name"], settings["samples"], settings["seed"]
+      ('mlp-frozen-last', 8, 0)
+    """
 
     [device] = jnp.zeros(()).devices()  # the default device, honouring contexts
     return {
@@ -165,6 +202,15 @@ def sweep_architecture(
 
     `save(width, kernels)` is called with each finished width's kernels;
     `load(width)` returns a saved width's kernels (or None to compute it).
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> result = sweep_architecture(arch, [16, 32], 2, jax.random.PRNGKey(1))
+      >>> result.frozen.widths, sorted(result.controls)
+      ([16, 32], ['identity_guess', 'unfrozen'])
     """
     start = time.perf_counter()
     x_key, draw_key = jax.random.split(key)

@@ -58,15 +58,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nt_frozen import Frozen, empirical_ntk_fn, nt, stax
 from nt_frozen.dynamics import (
-    INF_WARMUP,
     analytic_prediction,
     compare_dynamics,
     dynamics_agreement,
-    gd_schedule,
-    stiffest_mode_time,
-    train_ensemble,
+)
+from nt_frozen.testing import (
+    FREEZING_PATTERNS,
+    gd_times,
+    sphere_regression,
+    three_layer_mlp,
 )
 from nt_frozen.validation.controls import IdentityGuess
 
@@ -78,48 +79,18 @@ W_MIDDLE = 0.5  # far from 1, so that the "identity" guess is visibly wrong
 STEP_FRACTION = 0.05
 TIMES = (1.0, 2.0, 4.0, math.inf)  # finite ones in units of N / lambda_max
 
-# Which of the three Dense layers are frozen.
-CASES = {
-    "frozen_middle": (False, True, False),
-    "readout_only": (True, True, False),
-    "first_layer_only": (False, True, True),
-}
+CASES = FREEZING_PATTERNS
 
-
-def _data():
-    rng = np.random.default_rng(0)
-
-    def sphere(n):
-        x = rng.normal(size=(n, D))
-        return np.sqrt(D) * x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    x_train, x_test = sphere(N_TRAIN), sphere(N_TEST)
-    # Column j: sin(x . v_j / 2); the tests use column 0, the time convention all.
-    directions = np.stack([np.linspace(-1, 1, D), np.cos(np.arange(D)), np.ones(D)])
-    y_train = np.sin(x_train @ directions.T / 2)
-    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
-
-
-X_TRAIN, Y_TRAIN_3, X_TEST = _data()
-Y_TRAIN = Y_TRAIN_3[:, :1]
+X_TRAIN, Y_TRAIN_3, X_TEST = sphere_regression(N_TRAIN, N_TEST, D)
+Y_TRAIN = Y_TRAIN_3[:, :1]  # the tests use column 0, the time convention all
 
 
 def _mlp(width, frozen=(False, False, False), middle=None, outputs=1):
-    dense = [
-        stax.Dense(width, b_std=0.1),
-        stax.Dense(width, W_std=W_MIDDLE, b_std=0.1),
-        stax.Dense(outputs, b_std=0.1),
-    ]
-    dense = [Frozen(d) if f else d for d, f in zip(dense, frozen)]
-    if middle is not None:
-        dense[1] = middle(dense[1])
-    return stax.serial(dense[0], stax.Relu(), dense[1], stax.Relu(), dense[2])
+    return three_layer_mlp(width, frozen, middle, outputs, w_middle=W_MIDDLE)
 
 
 def _times(kernel_fn):
-    """TIMES in NT's units (learning_rate 1): t = entry * N / lambda_max."""
-    unit = stiffest_mode_time(kernel_fn(X_TRAIN, None, "ntk"), Y_TRAIN.size)
-    return [t * unit for t in TIMES]
+    return gd_times(kernel_fn, X_TRAIN, Y_TRAIN.size, TIMES)
 
 
 @functools.cache
@@ -147,128 +118,6 @@ def _assert_agrees(agreement, width):
     np.testing.assert_array_less(agreement.mean_error, mean_tol)
     np.testing.assert_array_less(agreement.paired_mean_error, paired_tol)
     np.testing.assert_array_less(agreement.variance_error, var_tol)
-
-
-# --- Schedule and time convention -------------------------------------------
-
-
-def test_schedule_lands_on_requested_times_with_bounded_steps():
-    ntk = np.array([[3.0, 1.0], [1.0, 2.0]])
-    lam_min, lam_max = np.linalg.eigvalsh(ntk)
-    ts = [0.3, 0.3, 1.7, math.inf, math.inf]
-    s = gd_schedule(ts, ntk, y_size=2, learning_rate=0.5, step_fraction=0.05)
-    # Three finite times, the t = inf run's warm-up and large steps, a repeat.
-    assert s.recorded.tolist() == [True, True, True, False, True, True]
-    tau = np.cumsum(s.n_steps * s.step_sizes)
-    np.testing.assert_allclose(tau[:3], 0.5 * np.array(ts[:3]))
-    np.testing.assert_allclose(tau[3], INF_WARMUP * 2 / lam_max)
-    assert np.all(s.step_sizes[:4] * lam_max / 2 <= 0.05 + 1e-12)
-    assert s.n_steps[1] == 0 and s.n_steps[5] == 0  # repeated times: no steps
-    # The large steps shrink the slowest mode below inf_tol = 1e-3, no more.
-    x_min, n = s.step_sizes[4] * lam_min / 2, s.n_steps[4]
-    assert (1 - x_min) ** n <= 1e-3 < (1 - x_min) ** (n - 1)
-
-
-@pytest.mark.parametrize(
-    "ts, ntk, match",
-    [
-        ([], np.eye(2), "empty"),
-        ([2.0, 1.0], np.eye(2), "non-decreasing"),
-        ([-1.0], np.eye(2), "non-negative"),
-        ([1.0], np.zeros((2, 2)), "NTK is zero"),
-        ([math.inf], np.diag([1.0, 0.0]), "positive definite"),
-        ([math.inf], np.diag([1.0, 1e-9]), "max_steps"),
-    ],
-)
-def test_schedule_refuses_what_it_cannot_do(ts, ntk, match):
-    with pytest.raises(ValueError, match=match):
-        gd_schedule(ts, ntk, y_size=2)
-
-
-@pytest.mark.compat_matrix
-def test_time_convention_is_nt_s_for_an_exactly_linear_model():
-    """Only the readout trains, so each network is exactly linear in its
-    trainable parameters with its empirical NTK: its trajectory must be NT's
-    `gradient_descent_mse` with that kernel, at the same `t` and
-    `learning_rate`, up to the discretization error (< step_fraction of the
-    change). Three outputs, so that N = y_train.size = 30 differs from the 10
-    training points: a loss summed instead of averaged, normalized by the
-    number of points instead of y_train.size, or a learning rate not applied to
-    `t`, would be off by a factor 30, 3 or 2."""
-    outputs = Y_TRAIN_3.shape[1]
-    init_fn, apply_fn, _ = _mlp(64, CASES["readout_only"], outputs=outputs)
-    lr, step_fraction = 0.5, 0.01
-    key = jax.random.PRNGKey(3)
-    _, params = init_fn(jax.random.split(key, 2)[0], X_TRAIN.shape)
-    # Outputs are independent given the features: the kernel is ntk (x) I.
-    ntk = jax.jit(empirical_ntk_fn(apply_fn))(
-        jnp.concatenate([X_TRAIN, X_TEST]), None, params
-    )
-    k_dd, k_td = ntk[:N_TRAIN, :N_TRAIN], ntk[N_TRAIN:, :N_TRAIN]
-    lam_max = float(np.linalg.eigvalsh(k_dd)[-1])
-    ts = [t * Y_TRAIN_3.size / (lam_max * lr) for t in (0.5, 3.0)] + [math.inf]
-    ens = train_ensemble(
-        init_fn,
-        apply_fn,
-        X_TRAIN,
-        Y_TRAIN_3,
-        X_TEST,
-        ts,
-        key,
-        2,
-        k_dd,
-        learning_rate=lr,
-        step_fraction=step_fraction,
-        return_train=True,
-    )
-    member, f0_train, f0_test = ens.test[0], ens.train_0[0], ens.test_0[0]
-    assert member.shape[-1] == outputs
-    predict_fn = nt.predict.gradient_descent_mse(k_dd, Y_TRAIN_3, learning_rate=lr)
-
-    def nt_at(t):
-        return predict_fn(t, f0_train, f0_test, k_td)[1]
-
-    expected = jnp.stack([nt_at(ts[0]), nt_at(ts[1]), nt_at(None)])
-    change = np.linalg.norm(expected - f0_test, axis=(1, 2))
-    error = np.linalg.norm(member - expected, axis=(1, 2))
-    np.testing.assert_array_less(error, step_fraction * change)
-    # The same check fails for a misread time scale: the learning rate (2, 1/2)
-    # or N = the number of points instead of y_train.size (3, 1/3).
-    for wrong in (2.0, 0.5, outputs, 1 / outputs):
-        misread = nt_at(wrong * ts[1])
-        assert np.linalg.norm(member[1] - misread) > 10 * step_fraction * change[1]
-    # Converged: the training set is interpolated (member 0, whose kernel set
-    # the schedule's slowest mode; member 1's kernel is another draw).
-    np.testing.assert_allclose(ens.train[0, -1], Y_TRAIN_3, atol=5e-3)
-
-
-def test_training_compiles_nothing_new_for_new_times_and_keys():
-    init_fn, apply_fn, kernel_fn = _mlp(32, CASES["frozen_middle"])
-    ntk = np.eye(N_TRAIN)
-    compiles, recording = [], [False]
-
-    def on_event(event, duration, **kwargs):
-        if recording[0] and event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    try:
-        for ts, seed in (([0.5, 1.0], 0), ([2.0, 7.0], 1)):
-            recording[0] = seed == 1  # the second call: new times and key
-            train_ensemble(
-                init_fn,
-                apply_fn,
-                X_TRAIN,
-                Y_TRAIN,
-                X_TEST,
-                ts,
-                jax.random.PRNGKey(seed),
-                3,
-                ntk,
-            )
-    finally:
-        recording[0] = False
-    assert compiles == []
 
 
 # --- Ensembles vs nt.predict --------------------------------------------------
