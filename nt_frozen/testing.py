@@ -69,7 +69,7 @@ FREEZING_PATTERNS = {
 }
 
 # XLA's cheapest CPU compilation: for checks of values, not of speed.
-_FAST_COMPILE = {
+_FAST_COMPILE: dict[str, Any] = {  # JAX types values as str | bool; XLA takes ints
     "xla_backend_optimization_level": 0,
     "xla_llvm_disable_expensive_passes": True,
 }
@@ -258,7 +258,11 @@ def sphere_regression(
     x_train, x_test = sphere(n_train), sphere(n_test)
     directions = np.stack([np.linspace(-1, 1, d), np.cos(np.arange(d)), np.ones(d)])
     y_train = np.sin(x_train @ directions.T / 2)
-    return tuple(jnp.asarray(a, jnp.float32) for a in (x_train, y_train, x_test))
+    return (
+        jnp.asarray(x_train, jnp.float32),
+        jnp.asarray(y_train, jnp.float32),
+        jnp.asarray(x_test, jnp.float32),
+    )
 
 
 def gd_times(
