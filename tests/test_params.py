@@ -121,8 +121,20 @@ def _l2_adam_steps(opt, n_steps=5):
         lambda p: optax.chain(
             optax.adam(0.1), optax.masked(optax.set_to_zero(), nt_frozen.frozen_mask(p))
         ),
+        # optax also takes the label / mask functions themselves
+        lambda p: optax.multi_transform(
+            {"trainable": optax.adam(0.1), "frozen": optax.set_to_zero()}, labels
+        ),
+        lambda p: optax.chain(
+            optax.adam(0.1), optax.masked(optax.set_to_zero(), nt_frozen.frozen_mask)
+        ),
     ],
-    ids=["multi_transform-labels", "set_to_zero-frozen_mask"],
+    ids=[
+        "multi_transform-labels",
+        "set_to_zero-frozen_mask",
+        "multi_transform-labels-fn",
+        "set_to_zero-frozen_mask-fn",
+    ],
 )
 def test_optax_recipes_keep_frozen_leaves_fixed_under_l2(recipe):
     """The README's recipes: 5 Adam steps with an L2 term on all parameters
