@@ -311,8 +311,9 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
       ValueError: naming the first place where the layouts or shapes differ.
 
     Example:
-<<<<<<< HEAD
-      >>> import jax
+      >>> like = [{"W": 0.0}, freeze_params({"W": 0.0})]
+      >>> freeze_like([{"W": 1.0}, {"W": 2.0}], like)
+      [{'W': 1.0}, FrozenParams({'W': 2.0})]
       >>> from nt_frozen import Frozen, LearningRate, stax, freeze_like
       >>> from nt_frozen import is_frozen, learning_rates
       >>> x_shape = (1, 3)
@@ -324,11 +325,6 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
       >>> marked = freeze_like(pretrained, like)
       >>> is_frozen(marked[0]), jax.tree_util.tree_leaves(learning_rates(marked))
       (True, [0.0, 10.0])
-=======
-      >>> like = [{"W": 0.0}, freeze_params({"W": 0.0})]
-      >>> freeze_like([{"W": 1.0}, {"W": 2.0}], like)
-      [{'W': 1.0}, FrozenParams({'W': 2.0})]
->>>>>>> tests
     """
     plain_like, plain = _unmarked(like), _unmarked(params)
     # Any: jaxlib ships no type stubs for `PyTreeDef`, so mypy cannot compare it.
