@@ -95,7 +95,7 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
                 f"{f.mean_errors[i]:>8.4f}  {f.standard_errors[i]:>6.4f}"
                 f"  {f.scores[i]:>5.1f}"
             )
-        rows = [("frozen NTK", f, "PASS")] + [
+        rows = [("analytic NTK", f, "PASS")] + [
             (f"{name.replace('_', ' ')} (control)", c, "FAIL")
             for name, c in r.controls.items()
         ]
@@ -117,14 +117,14 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
             if isinstance(c, Comparison)
         ]
         lines.append(
-            f"{'PASS' if r.ok else 'FAIL'}  {r.name}  (frozen NTK {r.frozen.verdict}"
+            f"{'PASS' if r.ok else 'FAIL'}  {r.name}  (analytic NTK {r.frozen.verdict}"
             + (f"; controls: {', '.join(controls)}" if controls else "")
             + ")"
         )
-        lines += [f"      frozen NTK: {reason}" for reason in r.frozen.reasons]
+        lines += [f"      analytic NTK: {reason}" for reason in r.frozen.reasons]
         lines += [
             f"      {name} control not rejected: the sweep cannot tell it from the "
-            f"frozen NTK yet; add larger --widths or more --samples"
+            f"analytic NTK yet; add larger --widths or more --samples"
             for name, c in r.controls.items()
             if isinstance(c, Comparison) and c.verdict == "PASS"
         ]
@@ -186,7 +186,7 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
         color="tab:blue",
         marker="o",
         capsize=3,
-        label="frozen NTK: single draw (median, IQR)",
+        label="analytic NTK: single draw (median, IQR)",
     )
     ax.plot(
         widths,
@@ -196,7 +196,7 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
         markerfacecolor="white",
         linestyle="-",
         alpha=0.6,
-        label="frozen NTK: Monte Carlo mean",
+        label="analytic NTK: Monte Carlo mean",
     )
     for name, control in result.controls.items():
         if isinstance(control, Comparison):
@@ -263,7 +263,9 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
         spare[0].legend(handles, labels, loc="center", fontsize=8)
     else:
         fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
-    fig.suptitle("Analytic frozen NTK vs empirical NTK of finite networks")
+    fig.suptitle(
+        "Analytic NTK (frozen or rated layers) vs empirical NTKs of finite networks"
+    )
     fig.tight_layout(rect=(0, 0 if spare else 0.08, 1, 0.97))
     fig.savefig(path, dpi=120)
     return path
