@@ -108,8 +108,8 @@ def test_user_module_by_import_name(tmp_path, monkeypatch, capsys):
         (["--arch", "mlp"], "unknown architecture 'mlp'"),
         (["--arch", "no_such_module_xyz:f"], "no module named 'no_such_module_xyz'"),
         (["--arch", "missing.py:f"], "no file missing.py"),
-        (["--widths", "128"], "at least 2 distinct --widths"),
-        (["--samples", "1"], "--samples must be at least 2"),
+        (["--widths", "128"], "need at least 2 distinct positive widths"),
+        (["--samples", "1"], "samples=1: must be at least 2"),
         (["--device", "tpu"], "--device tpu: JAX sees no TPU"),
     ],
 )
@@ -200,4 +200,5 @@ def test_arch_module_not_on_the_import_path_suggests_the_file(tmp_path, monkeypa
         main([*argv, "--arch", "nets_in_cwd:good"])
     message = str(exit_info.value)
     assert "not on Python's import path" in message
-    assert "--arch nets_in_cwd.py:good" in message
+    assert message.startswith("nt-frozen validate: --arch")
+    assert "the file instead, nets_in_cwd.py:good" in message
