@@ -176,6 +176,27 @@ def _default_groups(
     )
 
 
+def _param_shapes(init_fn: Callable, input_shape: PyTree) -> PyTree:
+    """The parameters `init_fn` makes for `input_shape`, as shapes only."""
+    key = jax.eval_shape(jax.random.PRNGKey, 0)
+    return jax.eval_shape(lambda k: init_fn(k, input_shape)[1], key)
+
+
+def _groups_at_construction(
+    init_fn: Callable,
+    names: Sequence[str],
+    groups: Groups,
+    input_shape: PyTree | None,
+    where: str,
+) -> tuple[Group, ...] | None:
+    """The explicit groups, or the default ones when `input_shape` is known;
+    None when only a call's inputs can tell."""
+    parsed = _parse_groups(groups, len(names), names, where)
+    if parsed is None and input_shape is not None:
+        return _default_groups(_param_shapes(init_fn, input_shape), names)
+    return parsed
+
+
 class NTKDecomposition:
     """Analytic layer-wise NTK decomposition; see :func:`ntk_decomposition`.
 
@@ -195,9 +216,9 @@ class NTKDecomposition:
         self._names = [layer_name(lyr) for lyr in self.layers]
         self._kernel_fns = [lyr[2] for lyr in self.layers]
         self._init_fn = stax.serial(*self.layers)[0]
-        self._groups = _parse_groups(groups, len(self.layers), self._names, where)
-        if self._groups is None and input_shape is not None:
-            self._groups = self.resolve(input_shape)
+        self._groups = _groups_at_construction(
+            self._init_fn, self._names, groups, input_shape, where
+        )
         # NT-style `kernel_fn(x1_or_kernel, x2=None, get=None, **kwargs)`: every
         # field as `stax.serial(*layers)` has it, but `ntk` is the stack.
         self.kernel_fn = _checking_get(_decomposition_layer(self)[2])
@@ -224,11 +245,7 @@ class NTKDecomposition:
         which keeps the layers whose `init_fn` makes trainable parameters)."""
         if self._groups is not None:
             return self._groups
-        params = jax.eval_shape(
-            lambda key: self._init_fn(key, input_shape)[1],
-            jax.eval_shape(jax.random.PRNGKey, 0),
-        )
-        return _default_groups(params, self._names)
+        return _default_groups(_param_shapes(self._init_fn, input_shape), self._names)
 
     def __call__(self, x1: PyTree, x2: PyTree | None = None, **kwargs) -> jax.Array:
         """The stack of NTK contributions, shape `(G, *ntk.shape)`.
@@ -383,20 +400,22 @@ class EmpiricalNTKDecomposition:
         input_shape: PyTree | None = None,
     ):
         where = "empirical_ntk_decomposition"
-        if callable(network) and not isinstance(network, (tuple, list)):
-            self.layers, self._names, self._init_fn = None, None, None
-            self.apply_fn = network
-        else:
-            self.layers = check_layers(network, where)
-            self._names = [layer_name(lyr) for lyr in self.layers]
-            self._init_fn, self.apply_fn, _ = stax.serial(*self.layers)
         self.trace_axes = trace_axes
         self.diagonal_axes = diagonal_axes
         self._groups_spec = groups
-        self._groups = None  # known at construction when made from the layers
-        if self.layers is not None:
+        if callable(network) and not isinstance(network, (tuple, list)):
+            self.layers, self._names, self._init_fn = None, None, None
+            self.apply_fn = network
+            self._groups = None  # only `params` tell how many layers there are
+        else:
+            self.layers = check_layers(network, where)
+            names = [layer_name(lyr) for lyr in self.layers]
+            init_fn, self.apply_fn, _ = stax.serial(*self.layers)
+            self._names, self._init_fn = names, init_fn
             # The same groups as the analytic decomposition of these layers.
-            self._groups = NTKDecomposition(self.layers, groups, input_shape)._groups
+            self._groups = _groups_at_construction(
+                init_fn, names, groups, input_shape, where
+            )
 
     @property
     def groups(self) -> tuple[Group, ...]:
