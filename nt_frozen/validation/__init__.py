@@ -54,6 +54,7 @@ from nt_frozen.validation.statistics import (
     relative_frobenius_error,
 )
 from nt_frozen.validation.sweep import (
+    analytic_ntks_by_width_fn,
     analytic_ntks_fn,
     empirical_draws_fn,
     run_validation,
@@ -72,6 +73,7 @@ __all__ = [
     "Comparison",
     "IdentityGuess",
     "agreement",
+    "analytic_ntks_by_width_fn",
     "analytic_ntks_fn",
     "compare",
     "empirical_draws_fn",

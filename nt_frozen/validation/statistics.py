@@ -229,14 +229,23 @@ def log_log_slope(widths: Sequence[int], errors: Sequence[float]) -> float:
 
 
 def _bootstrap_slope_se(widths, errors_per_width, rng) -> float:
-    """Standard error of the RMS-error slope, resampling draws at each width."""
-    slopes = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        rms = [
-            np.sqrt(np.mean(np.square(rng.choice(e, size=len(e)))))
-            for e in errors_per_width
-        ]
-        slopes.append(log_log_slope(widths, rms))
+    """Standard error of the RMS-error slope, resampling draws at each width
+    (every resample at once: one least-squares slope per row)."""
+
+    def resampled_rms(e: np.ndarray) -> np.ndarray:  # (resamples,)
+        picks = rng.integers(0, len(e), (BOOTSTRAP_RESAMPLES, len(e)))
+        return np.sqrt(np.mean(np.square(e[picks]), axis=-1))
+
+    rms = np.stack([resampled_rms(np.asarray(e)) for e in errors_per_width], -1)
+    log_w = np.log(np.asarray(widths, np.float64))
+    centred = log_w - log_w.mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_rms = np.log(rms)
+        slopes = (log_rms - log_rms.mean(-1, keepdims=True)) @ centred
+    # A zero error has no slope, as in `log_log_slope`: the SE is then NaN.
+    slopes = np.where(
+        np.isfinite(log_rms).all(-1), slopes / (centred @ centred), np.nan
+    )
     # The bootstrap's plug-in variance is low by (S-1)/S for S draws.
     n_draws = min(len(e) for e in errors_per_width)
     return float(np.std(slopes, ddof=1) * np.sqrt(n_draws / (n_draws - 1)))

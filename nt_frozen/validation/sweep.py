@@ -62,9 +62,42 @@ def empirical_draws_fn(
     return draws
 
 
+def analytic_ntks_by_width_fn(arch: Architecture, widths: Sequence[int]) -> Callable:
+    """Jitted `x -> {width: {"frozen": ntk, control: ntk, ...}}`: one compile
+    for the frozen kernel and every control at every width.
+
+    Run op by op, each kernel costs seconds; compiled one width at a time, each
+    width costs a compile. An infinite-width kernel rarely depends on the width
+    (a builder may still make it), so every width is computed from its own
+    network, and XLA merges the identical computations: one compile of about
+    one width's size.
+
+    Example:
+      >>> import jax
+      >>> from nt_frozen.validation import ARCHITECTURES
+      >>> arch = ARCHITECTURES["mlp-frozen-last"]
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
+      >>> kernels = analytic_ntks_by_width_fn(arch, [16, 64])(x)
+      >>> sorted(kernels), sorted(kernels[16])
+      ([16, 64], ['frozen', 'identity_guess', 'unfrozen'])
+    """
+    kernel_fns = {}
+    for width in widths:
+        networks = {"frozen": arch.network(width)}
+        if arch.has_controls:
+            networks |= {c: arch.control_network(c, width) for c in arch.control_names}
+        kernel_fns[width] = {name: net[2] for name, net in networks.items()}
+    return jax.jit(
+        lambda x: {
+            w: {name: k(x, None, "ntk") for name, k in fns.items()}
+            for w, fns in kernel_fns.items()
+        }
+    )
+
+
 def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
-    """Jitted `x -> {"frozen": ntk, control: ntk, ...}`: one compile per width
-    for the frozen kernel and every control (run op by op, each costs seconds).
+    """Jitted `x -> {"frozen": ntk, control: ntk, ...}` at one width (see
+    `analytic_ntks_by_width_fn` for several).
 
     Example:
       >>> import jax
@@ -74,11 +107,8 @@ def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
       >>> sorted(analytic_ntks_fn(arch, 16)(x))
       ['frozen', 'identity_guess', 'unfrozen']
     """
-    networks = {"frozen": arch.network(width)}
-    if arch.has_controls:
-        networks |= {c: arch.control_network(c, width) for c in arch.control_names}
-    kernel_fns = {name: network[2] for name, network in networks.items()}
-    return jax.jit(lambda x: {n: k(x, None, "ntk") for n, k in kernel_fns.items()})
+    by_width = analytic_ntks_by_width_fn(arch, [width])
+    return lambda x: by_width(x)[width]
 
 
 def width_kernels(
@@ -218,25 +248,27 @@ def sweep_architecture(
     x = jax.random.normal(x_key, arch.input_shape, dtype)
     layer_widths = [arch.layer_width(w) for w in widths]
     names = ["frozen", *arch.control_names] if arch.has_controls else ["frozen"]
+    saved = {w: None if load is None else load(w) for w in widths}
+    pending = [w for w in widths if saved[w] is None]
+    # Every pending width's analytic kernels in one compile, before the draws.
+    computed = analytic_ntks_by_width_fn(arch, pending)(x)
     draws: list[np.ndarray] = []
     analytic: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for width in widths:
-        saved = None if load is None else load(width)
-        if saved is None:
-            d, a = width_kernels(
-                arch,
-                width,
-                samples,
-                jax.random.fold_in(draw_key, width),
-                x,
-                implementation,
+        record = saved[width]
+        if record is None:
+            d = np.asarray(
+                empirical_draws_fn(arch, width, samples, implementation)(
+                    jax.random.fold_in(draw_key, width), x
+                )
             )
+            a = {k: np.asarray(v) for k, v in computed[width].items()}
             if save is not None:
                 save(width, {"draws": d, "analytic": a})
         else:
-            np_dtype = np.dtype(saved["dtype"])
-            d = np.asarray(saved["draws"], np_dtype)
-            a = {k: np.asarray(v, np_dtype) for k, v in saved["analytic"].items()}
+            dtype_saved = np.dtype(record["dtype"])
+            d = np.asarray(record["draws"], dtype_saved)
+            a = {k: np.asarray(v, dtype_saved) for k, v in record["analytic"].items()}
         draws.append(d)
         for name in names:
             analytic[name].append(a[name])

@@ -130,3 +130,33 @@ def test_a_leftover_partial_file_is_never_read_as_finished(tmp_path):
     first.write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match="cannot read the saved width.*delete it"):
         run_validation([ARCH], WIDTHS, 3, 0, checkpoint=folder, resume=True)
+
+
+def test_analytic_kernels_of_all_widths_in_one_compile_keep_each_widths_own(x64):
+    """One compile serves every width, yet a builder whose kernel depends on the
+    width (here W_std) gets each width's own kernel: the reference is each
+    network's `kernel_fn` run alone, op by op (float64: the diagonal's arccos
+    loses half the digits, ~1e-8 in float64 and ~1e-4 in float32)."""
+    import jax
+    import numpy as np
+
+    from nt_frozen import Frozen, stax
+    from nt_frozen.validation import Architecture, analytic_ntks_by_width_fn
+
+    def build(n, freeze=Frozen):
+        return [stax.Dense(n, W_std=1.0 + n / 64), stax.Relu(), freeze(stax.Dense(1))]
+
+    arch = Architecture("w-std-grows", "W_std grows with n", build, (3, 5))
+    x = jax.random.normal(jax.random.PRNGKey(0), arch.input_shape)
+    kernels = analytic_ntks_by_width_fn(arch, [16, 64])(x)
+    assert sorted(kernels) == [16, 64]
+    for width in (16, 64):
+        networks = {"frozen": arch.network(width)} | {
+            c: arch.control_network(c, width) for c in arch.control_names
+        }
+        for name, (_, _, kernel_fn) in networks.items():
+            np.testing.assert_allclose(
+                kernels[width][name], kernel_fn(x, None, "ntk"), rtol=1e-7
+            )
+    # The two widths' kernels differ (W_std^2 = 1.5625 vs 4 on the first layer).
+    assert not np.allclose(kernels[16]["frozen"], kernels[64]["frozen"], rtol=0.1)
