@@ -3,7 +3,9 @@
 Rows: MLP d -> n -> n -> 1 (NTK parameterization, no biases) with the middle
 Dense frozen, N inputs; and a CNN (Conv, Relu, frozen Conv+AvgPool block,
 Relu, Flatten, Dense) on N 8x8x3 images. Trace over outputs, float32, each
-function jit-compiled, median of `--repeats` timed calls in one process.
+function jit-compiled. All methods of a row are compiled first, then timed
+round-robin (`--rounds` passes of up to `--repeats` calls each); each cell is
+the median of its calls.
 
 Columns:
 - NT default: `nt.empirical_ntk_fn(apply_fn)` (implementation 1, no vmap);
@@ -16,12 +18,14 @@ Columns:
 - memory: XLA's compiled memory analysis (arguments + outputs + temporaries).
 Every column's kernel is checked against ours (max relative difference).
 
-    uv run python benchmarks/empirical_ntk_cost.py [--repeats 5] [--cnn-channels 64]
+    uv run python benchmarks/empirical_ntk_cost.py
+    uv run python benchmarks/empirical_ntk_cost.py --mlp-rows 1024,64,8192 --cnn-rows
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -35,6 +39,7 @@ from nt_frozen import Frozen, nt, stax
 from nt_frozen.structured import ntk_plan
 
 MLP_ROWS = ((64, 64, 2048), (8, 16, 2048), (8, 16, 8192))
+CNN_ROWS = ((256, 64),)
 
 
 def mlp(width):
@@ -110,8 +115,8 @@ def cnn_floor(params, x):
     return j_w1 @ j_w1.T + j_b1 @ j_b1.T + readout
 
 
-def measure(fn, args, repeats, max_bytes):
-    """(median seconds or None if over the memory limit, bytes, value)."""
+def compile_within(fn, args, max_bytes):
+    """(compiled function or None if over the memory limit, compiled bytes)."""
     compiled = jax.jit(fn).lower(*args).compile()
     mem = compiled.memory_analysis()
     peak = (
@@ -120,15 +125,28 @@ def measure(fn, args, repeats, max_bytes):
         + mem.temp_size_in_bytes
         - mem.alias_size_in_bytes
     )
-    if peak > max_bytes:
-        return None, peak, None
-    value = jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
+    return (None if peak > max_bytes else compiled), peak
+
+
+def time_interleaved(calls, repeats, rounds, seconds_per_round):
+    """Median seconds of each call, timed in `rounds` round-robin passes after
+    one warm-up call, so that every method sees the same machine state (clocks,
+    caches, other load). Each pass makes `repeats` calls of a method, fewer
+    (at least 1) where they would take over `seconds_per_round`."""
+    times = {name: [] for name in calls}
+    counts = {}
+    for name, call in calls.items():
         start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), peak, value
+        jax.block_until_ready(call())
+        warm = time.perf_counter() - start
+        counts[name] = max(1, min(repeats, int(seconds_per_round / warm)))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(counts[name]):
+                start = time.perf_counter()
+                jax.block_until_ready(call())
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def rel_diff(a, b) -> float:
@@ -136,26 +154,31 @@ def rel_diff(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def row(name, net, floor, shape, repeats, max_bytes):
+def row(name, net, floor, shape, timing, max_bytes):
     init_fn, apply_fn, _ = net
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     _, params = init_fn(jax.random.PRNGKey(1), shape)
     args = (x, None, params)
-    t_ours, m_ours, ours = measure(
-        nt_frozen.empirical_ntk_fn(apply_fn), args, repeats, max_bytes
-    )
-    t_floor, m_floor, v_floor = measure(floor, (params, x), repeats, max_bytes)
-    nt_runs = {}
+    fns = {"ours": (nt_frozen.empirical_ntk_fn(apply_fn), args)}
+    fns["floor"] = (floor, (params, x))
     for impl in (1, 2, 3):
         for vmap_axes in (None, 0):
             fn = nt.empirical_ntk_fn(apply_fn, implementation=impl, vmap_axes=vmap_axes)
-            t, m, v = measure(fn, args, repeats, max_bytes)
-            nt_runs[impl, vmap_axes] = (t, m, v)
-    finished = {k: r for k, r in nt_runs.items() if r[0] is not None}
-    best = min(finished, key=lambda k: finished[k][0])
-    t_def, m_def, v_def = nt_runs[1, None]
-    t_best, m_best, v_best = nt_runs[best]
-    diff = max(rel_diff(v, ours) for v in [v_floor] + [r[2] for r in finished.values()])
+            fns[impl, vmap_axes] = (fn, args)
+    compiled, memory, calls = {}, {}, {}
+    for key, (fn, fn_args) in fns.items():
+        compiled[key], memory[key] = compile_within(fn, fn_args, max_bytes)
+        if compiled[key] is not None:
+            calls[key] = functools.partial(compiled[key], *fn_args)
+    values = {key: call() for key, call in calls.items()}
+    t = dict.fromkeys(fns) | time_interleaved(calls, *timing)
+    nt_keys = [k for k in fns if k not in ("ours", "floor")]
+    best = min((k for k in nt_keys if t[k] is not None), key=lambda k: t[k])
+    t_def, t_best, t_ours, t_floor = t[1, None], t[best], t["ours"], t["floor"]
+    m_def, m_best, m_ours, m_floor = (
+        memory[k] for k in ((1, None), best, "ours", "floor")
+    )
+    diff = max(rel_diff(v, values["ours"]) for v in values.values())
     plan = ntk_plan(apply_fn, x, None, params)
 
     def ms(t):
@@ -175,14 +198,37 @@ def row(name, net, floor, shape, repeats, max_bytes):
     )
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cnn-channels", type=int, default=64)
-    parser.add_argument("--cnn-inputs", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=20, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--seconds-per-round", type=float, default=0.5, help="fewer calls if slower"
+    )
+    parser.add_argument(
+        "--mlp-rows",
+        nargs="*",
+        type=_ints,
+        default=MLP_ROWS,
+        metavar="N,d,n",
+        help="MLP rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cnn-rows",
+        nargs="*",
+        type=_ints,
+        default=CNN_ROWS,
+        metavar="N,channels",
+        help="CNN rows on 8x8x3 images (default: %(default)s)",
+    )
     parser.add_argument("--max-gib", type=float, default=16.0)
     args = parser.parse_args()
     max_bytes = args.max_gib * 2**30
+    timing = (args.repeats, args.rounds, args.seconds_per_round)
     print(f"$ python {' '.join(sys.argv)}")
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, float32")
     print(
@@ -192,24 +238,24 @@ def main() -> None:
         "| our path |"
     )
     print("|---" * 11 + "|")
-    for n_inputs, d, n in MLP_ROWS:
+    for n_inputs, d, n in args.mlp_rows:
         row(
             f"MLP ({n_inputs}, {d}, {n})",
             mlp(n),
             mlp_floor,
             (n_inputs, d),
-            args.repeats,
+            timing,
             max_bytes,
         )
-    c, n_inputs = args.cnn_channels, args.cnn_inputs
-    row(
-        f"CNN ({n_inputs}, 8x8x3, {c} ch.)",
-        cnn(c),
-        cnn_floor,
-        (n_inputs, 8, 8, 3),
-        args.repeats,
-        max_bytes,
-    )
+    for n_inputs, c in args.cnn_rows:
+        row(
+            f"CNN ({n_inputs}, 8x8x3, {c} ch.)",
+            cnn(c),
+            cnn_floor,
+            (n_inputs, 8, 8, 3),
+            timing,
+            max_bytes,
+        )
 
 
 if __name__ == "__main__":
