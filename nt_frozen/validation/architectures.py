@@ -39,6 +39,12 @@ class Architecture:
       controls: wrong networks, `{name: build(width)}`, scored in place of
         :data:`CONTROLS` (which act through `freeze`): e.g. for per-layer
         rates, the unrated network and the rates swapped.
+      kernel_width_free: the analytic kernels (frozen and controls) are the
+        same at every width, so the sweep traces them at one width only. True
+        in NTK parameterization, whose out-channel counts drop out; false in
+        standard parameterization (the NTK scales with the width) and for a
+        builder whose hyperparameters (e.g. `W_std`) depend on it; hence off
+        unless declared, and tested for every built-in that declares it.
 
     Example:
       >>> from nt_frozen import stax
@@ -55,6 +61,7 @@ class Architecture:
     input_shape: tuple[int, ...]
     width_divisor: int = 1
     controls: Mapping[str, Builder] | None = None
+    kernel_width_free: bool = False
 
     @property
     def has_controls(self) -> bool:
@@ -194,6 +201,7 @@ def _rated(name, description, build, rates, input_shape) -> Architecture:
             "unrated": build((1.0,) * len(rates)),
             "swapped_rates": build(tuple(rates)[::-1]),
         },
+        kernel_width_free=True,
     )
 
 
@@ -207,30 +215,34 @@ ARCHITECTURES: dict[str, Architecture] = {
             "MLP 16-n-n-1, NTK param., first Dense frozen",
             _mlp(_MLP_WEIGHTS, {0}),
             _MLP_INPUTS,
+            kernel_width_free=True,
         ),
         Architecture(
             "mlp-frozen-middle",
             "MLP 16-n-n-1, NTK param., middle Dense frozen",
             _mlp(_MLP_WEIGHTS, {1}),
             _MLP_INPUTS,
+            kernel_width_free=True,
         ),
         Architecture(
             "mlp-frozen-last",
             "MLP 16-n-n-1, NTK param., readout Dense frozen",
             _mlp(_MLP_WEIGHTS, {2}),
             _MLP_INPUTS,
+            kernel_width_free=True,
         ),
         Architecture(
             "mlp-readout-only",
             "MLP 16-n-n-1, NTK param., all but the readout frozen (NTK = NNGP)",
             _mlp(_MLP_WEIGHTS, {0, 1}),
             _MLP_INPUTS,
+            kernel_width_free=True,
         ),
         Architecture(
             "mlp-standard-frozen-last",
             "MLP 16-n-n-1, standard param., readout Dense frozen",
             _mlp(_MLP_WEIGHTS, {2}, "standard"),
-            _MLP_INPUTS,
+            _MLP_INPUTS,  # standard parameterization: the NTK scales with n
         ),
         Architecture(
             "cnn-frozen-conv-block",
@@ -238,12 +250,14 @@ ARCHITECTURES: dict[str, Architecture] = {
             _cnn,
             (4, 4, 4, 2),
             width_divisor=4,
+            kernel_width_free=True,
         ),
         Architecture(
             "residual-frozen-branch",
             "Dense then residual block whose Relu-Dense branch is frozen",
             _residual,
             _MLP_INPUTS,
+            kernel_width_free=True,
         ),
         _rated(
             "mlp-rates",

@@ -67,10 +67,10 @@ def analytic_ntks_by_width_fn(arch: Architecture, widths: Sequence[int]) -> Call
     for the frozen kernel and every control at every width.
 
     Run op by op, each kernel costs seconds; compiled one width at a time, each
-    width costs a compile. An infinite-width kernel rarely depends on the width
-    (a builder may still make it), so every width is computed from its own
-    network, and XLA merges the identical computations: one compile of about
-    one width's size.
+    width costs a compile. An architecture declaring `kernel_width_free` is
+    traced at its first width only (tracing NT's kernel functions costs about
+    a quarter-second per network); otherwise every width is computed from its
+    own network, and XLA merges the identical computations.
 
     Example:
       >>> import jax
@@ -81,18 +81,28 @@ def analytic_ntks_by_width_fn(arch: Architecture, widths: Sequence[int]) -> Call
       >>> sorted(kernels), sorted(kernels[16])
       ([16, 64], ['frozen', 'identity_guess', 'unfrozen'])
     """
+    widths = list(widths)
+    traced = widths[:1] if arch.kernel_width_free else widths
     kernel_fns = {}
-    for width in widths:
+    for width in traced:
         networks = {"frozen": arch.network(width)}
         if arch.has_controls:
             networks |= {c: arch.control_network(c, width) for c in arch.control_names}
         kernel_fns[width] = {name: net[2] for name, net in networks.items()}
-    return jax.jit(
+    kernels_fn = jax.jit(
         lambda x: {
             w: {name: k(x, None, "ntk") for name, k in fns.items()}
             for w, fns in kernel_fns.items()
         }
     )
+
+    def by_width(x):
+        if not widths:  # everything resumed: nothing to compile
+            return {}
+        kernels = kernels_fn(x)
+        return {w: kernels[w if w in kernels else traced[0]] for w in widths}
+
+    return by_width
 
 
 def analytic_ntks_fn(arch: Architecture, width: int) -> Callable:
@@ -118,9 +128,11 @@ def width_kernels(
     key: jax.Array,
     x: jax.Array,
     implementation: int | None = None,
+    analytic: dict[str, jax.Array] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One width of the sweep: the `samples` empirical NTKs drawn with `key`,
-    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays).
+    and the analytic NTKs `{"frozen": ..., control: ...}` (host arrays),
+    computed unless passed as `analytic`.
 
     Example:
       >>> import jax
@@ -132,7 +144,8 @@ def width_kernels(
       ((2, 3, 3), (3, 3))
     """
     draws = empirical_draws_fn(arch, width, samples, implementation)(key, x)
-    analytic = analytic_ntks_fn(arch, width)(x)
+    if analytic is None:
+        analytic = analytic_ntks_fn(arch, width)(x)
     # One host transfer per width, after all draws.
     return np.asarray(draws), {n: np.asarray(k) for n, k in analytic.items()}
 
@@ -257,12 +270,10 @@ def sweep_architecture(
     for width in widths:
         record = saved[width]
         if record is None:
-            d = np.asarray(
-                empirical_draws_fn(arch, width, samples, implementation)(
-                    jax.random.fold_in(draw_key, width), x
-                )
+            width_key = jax.random.fold_in(draw_key, width)
+            d, a = width_kernels(
+                arch, width, samples, width_key, x, implementation, computed[width]
             )
-            a = {k: np.asarray(v) for k, v in computed[width].items()}
             if save is not None:
                 save(width, {"draws": d, "analytic": a})
         else:

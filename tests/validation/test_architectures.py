@@ -18,3 +18,34 @@ def test_validate_sweeps_rated_architectures_and_rejects_their_controls(name):
         for name, control in result.controls.items():
             assert control.verdict == "FAIL", (result.name, name)
         assert result.ok
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_kernel_width_free_is_declared_exactly_where_the_kernels_ignore_the_width(
+    name, x64
+):
+    """The sweep traces a `kernel_width_free` architecture's analytic kernels at
+    one width and reuses them at all: the declaration must hold for the frozen
+    network and every control (each network's `kernel_fn` at widths 16 and
+    256, float64), and an architecture whose kernels do ignore the width
+    should declare it (standard parameterization must not: its NTK scales with
+    the width)."""
+    import jax
+    import numpy as np
+
+    from nt_frozen.validation.statistics import relative_frobenius_error
+
+    arch = ARCHITECTURES[name]
+    x = jax.random.normal(jax.random.PRNGKey(0), arch.input_shape)
+
+    def kernels(width):
+        networks = {"frozen": arch.network(width)} | {
+            c: arch.control_network(c, width) for c in arch.control_names
+        }
+        return {n: np.asarray(net[2](x, None, "ntk")) for n, net in networks.items()}
+
+    narrow, wide = kernels(16 * arch.width_divisor), kernels(256 * arch.width_divisor)
+    differences = {n: relative_frobenius_error(wide[n], narrow[n]) for n in narrow}
+    assert all(np.isfinite(d) for d in differences.values()), differences
+    ignores_width = all(d < 1e-12 for d in differences.values())
+    assert arch.kernel_width_free == ignores_width, differences
