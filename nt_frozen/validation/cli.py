@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
+import os
 import platform
 import shlex
 import shutil
@@ -26,6 +28,20 @@ from typing import Any
 
 DEFAULT_WIDTHS = (128, 512, 2048)
 DEFAULT_SAMPLES = 16
+
+# A sweep on the CPU compiles a few dozen small programs per architecture set
+# (each parameter shape's random draw, each width's NTK), and LLVM's
+# optimization passes take most of that time. Level 1 halves them and leaves
+# the run time as it was (the time goes to matrix products in library
+# kernels): measured, the default sweep takes 34 s instead of 40.
+CPU_XLA_FLAGS = "--xla_backend_optimization_level=1"
+ACCELERATOR_PLUGINS = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+    "libtpu",
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -162,6 +178,7 @@ def _metadata(args: argparse.Namespace, argv: Sequence[str], device) -> dict[str
             "host": platform.node(),
         },
         "dtype": "float64" if args.x64 else "float32",
+        "xla_flags": os.environ.get("XLA_FLAGS"),
         "samples": args.samples,
         "seed": args.seed,
         "implementation": args.implementation,
@@ -180,7 +197,31 @@ def _check_writable(out: Path) -> None:
         ) from None
 
 
+def _compile_faster_on_cpu(device: str) -> bool:
+    """Add `CPU_XLA_FLAGS` to XLA_FLAGS when the sweep will run on the CPU and
+    JAX has not started its backends yet (XLA reads the flags once, at that
+    start). Flags the user set win; GPU and TPU compiles are left alone (the
+    flag would apply to their kernels too). Returns whether it was added."""
+    try:  # no public name; without it, assume the backends have started
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # pragma: no cover - depends on jax's internals
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    cpu_only = os.environ.get("JAX_PLATFORMS", "").strip() == "cpu" or not any(
+        importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS
+    )
+    if (
+        "xla_backend_optimization_level" in flags
+        or (device != "cpu" and not (device == "auto" and cpu_only))
+        or backends_are_initialized()
+    ):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAGS}".strip()
+    return True
+
+
 def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _compile_faster_on_cpu(args.device)
     import jax
 
     if args.x64:

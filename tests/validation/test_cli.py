@@ -6,14 +6,16 @@ The sweep's statistics are unit-tested on synthetic draws with a known rate
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from nt_frozen.validation import ARCHITECTURES
-from nt_frozen.validation.cli import main
+from nt_frozen.validation import ARCHITECTURES, cli
+from nt_frozen.validation.cli import ACCELERATOR_PLUGINS, CPU_XLA_FLAGS, main
 
 SMALL = ["--widths", "128", "512", "--samples", "6", "--no-progress"]
 
@@ -149,6 +151,57 @@ def test_module_entry_point_x64(tmp_path):
     report = json.loads((out / "validation.json").read_text())
     assert report["dtype"] == "float64"
     assert "PASS  mlp-frozen-last" in result.stdout
+    # A fresh process on a CPU-only machine compiles at level 1 (and passes).
+    cpu_only = not any(importlib.util.find_spec(p) for p in ACCELERATOR_PLUGINS)
+    if cpu_only and "xla_backend_optimization_level" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        assert CPU_XLA_FLAGS in report["xla_flags"]
+
+
+@pytest.mark.parametrize(
+    "device, user_flags, plugin, added",
+    [
+        ("auto", "", None, True),
+        ("cpu", "--xla_cpu_use_thunk_runtime=true", "jax_cuda12_plugin", True),
+        ("auto", "", "jax_cuda12_plugin", False),  # the GPU's kernels: left alone
+        ("gpu", "", None, False),
+        ("auto", "--xla_backend_optimization_level=3", None, False),  # user's wins
+    ],
+)
+def test_cpu_compile_flags_only_for_cpu_runs_and_never_over_the_users(
+    monkeypatch, device, user_flags, plugin, added
+):
+    import jax._src.xla_bridge as xla_bridge
+
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", user_flags)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == plugin else real_find_spec(name, *a),
+    )
+    if plugin is None:  # this machine's own plugins must not decide the case
+        monkeypatch.setattr(
+            cli, "ACCELERATOR_PLUGINS", ("no_such_plugin_for_this_test",)
+        )
+    assert cli._compile_faster_on_cpu(device) is added
+    flags = os.environ["XLA_FLAGS"]
+    assert (CPU_XLA_FLAGS in flags) is added
+    assert user_flags in flags  # kept as the user set them
+
+
+def test_cpu_compile_flags_not_set_once_backends_started(monkeypatch):
+    """XLA has read its flags already: setting them now would only leak into
+    child processes."""
+    import jax
+
+    jax.devices()  # the backends have started
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert cli._compile_faster_on_cpu("cpu") is False
+    assert "XLA_FLAGS" not in os.environ
 
 
 def _strict_json(path):
