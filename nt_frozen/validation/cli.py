@@ -33,7 +33,7 @@ DEFAULT_SAMPLES = 16
 # (each parameter shape's random draw, each width's NTK), and LLVM's
 # optimization passes take most of that time. Level 1 halves them and leaves
 # the run time as it was (the time goes to matrix products in library
-# kernels): measured, the default sweep takes 34 s instead of 40.
+# kernels): measured, the default sweep takes 35 s instead of 40.
 CPU_XLA_FLAGS = "--xla_backend_optimization_level=1"
 ACCELERATOR_PLUGINS = (
     "jax_cuda12_plugin",
