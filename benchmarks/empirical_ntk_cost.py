@@ -128,18 +128,17 @@ def compile_within(fn, args, max_bytes):
     return (None if peak > max_bytes else compiled), peak
 
 
-def time_interleaved(calls, repeats, rounds, seconds_per_round):
-    """Median seconds of each call, timed in `rounds` round-robin passes after
-    one warm-up call, so that every method sees the same machine state (clocks,
-    caches, other load). Each pass makes `repeats` calls of a method, fewer
-    (at least 1) where they would take over `seconds_per_round`."""
+def time_interleaved(calls, warm, repeats, rounds, seconds_per_round):
+    """Median seconds of each call, timed in `rounds` round-robin passes, so
+    that every method sees the same machine state (clocks, caches, other
+    load). Each pass makes `repeats` calls of a method, fewer (at least 1)
+    where they would take over `seconds_per_round` by its warm-up time
+    `warm[name]`."""
     times = {name: [] for name in calls}
-    counts = {}
-    for name, call in calls.items():
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        warm = time.perf_counter() - start
-        counts[name] = max(1, min(repeats, int(seconds_per_round / warm)))
+    counts = {
+        name: max(1, min(repeats, int(seconds_per_round / warm[name])))
+        for name in calls
+    }
     for _ in range(rounds):
         for name, call in calls.items():
             for _ in range(counts[name]):
@@ -170,8 +169,12 @@ def row(name, net, floor, shape, timing, max_bytes):
         compiled[key], memory[key] = compile_within(fn, fn_args, max_bytes)
         if compiled[key] is not None:
             calls[key] = functools.partial(compiled[key], *fn_args)
-    values = {key: call() for key, call in calls.items()}
-    t = dict.fromkeys(fns) | time_interleaved(calls, *timing)
+    values, warm = {}, {}  # the warm-up call gives the value to compare
+    for key, call in calls.items():
+        start = time.perf_counter()
+        values[key] = jax.block_until_ready(call())
+        warm[key] = time.perf_counter() - start
+    t = dict.fromkeys(fns) | time_interleaved(calls, warm, *timing)
     nt_keys = [k for k in fns if k not in ("ours", "floor")]
     best = min((k for k in nt_keys if t[k] is not None), key=lambda k: t[k])
     t_def, t_best, t_ours, t_floor = t[1, None], t[best], t["ours"], t["floor"]
