@@ -415,6 +415,29 @@ def load_neural_tangents() -> types.ModuleType:
 
 
 nt = load_neural_tangents()
+
+
+# -- jaxpr helpers for the structured empirical path ----------------------------
+def bind_equation(primitive, params: dict, operands) -> Any:
+    """`primitive` applied to `operands` as `jax.core.eval_jaxpr` binds it."""
+    bind_params = primitive.get_bind_params(params)
+    # jax < 0.4.36 returns (subfuns, params); newer JAX the params only.
+    subfuns, bind_params = (
+        bind_params if isinstance(bind_params, tuple) else ((), bind_params)
+    )
+    return primitive.bind(*subfuns, *operands, **bind_params)
+
+
+def scan_counts(params: dict) -> tuple[int, int]:
+    """`(num_consts, num_carry)` of a `scan` equation's params."""
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    # jax 0.12 replaced the counts by `ft_in`, the FlatTree structure of
+    # (consts, carry, xs).
+    consts, carry, _ = params["ft_in"].unpack()
+    return len(list(consts.vals)), len(list(carry.vals))
+
+
 stax = nt.stax
 
 # -- 5. private names used elsewhere in nt_frozen ------------------------------
@@ -433,6 +456,7 @@ __all__ = [
     "SUPPORTED_NT_VERSIONS",
     "_dot_general",
     "_ntk_shape",
+    "bind_equation",
     "check_nt_version",
     "get_req",
     "layer",
@@ -440,5 +464,6 @@ __all__ = [
     "nt",
     "nt_utils",
     "requires",
+    "scan_counts",
     "stax",
 ]

@@ -60,7 +60,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from nt_frozen._compat import _dot_general, nt, nt_utils
+from nt_frozen._compat import (
+    _dot_general,
+    bind_equation,
+    nt,
+    nt_utils,
+    scan_counts,
+)
 from nt_frozen.params import trainable_mask
 from nt_frozen.rates import learning_rates, scale_jacobian
 
@@ -87,14 +93,18 @@ class _Eqn:
 class _Program:
     eqns: list
     consts: dict  # id -> value
-    shapes: dict  # id -> shape
+    avals: dict  # id -> aval (shape and dtype)
     invars: list
     outvars: list
 
+    @property
+    def shapes(self) -> dict:
+        return {i: tuple(a.shape) for i, a in self.avals.items()}
+
 
 # Call-like primitives whose body is inlined: differentiating the inlined body
-# is what differentiating the call does.
-_INLINE = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"}
+# is what differentiating the call does (`remat2` is `jax.checkpoint`).
+_INLINE = {"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"}
 
 
 def _sub_jaxpr(params: dict) -> tuple[Any, list] | None:
@@ -113,7 +123,7 @@ def _flatten(closed) -> _Program:
 
     def new(aval) -> int:
         i = next(counter)
-        prog.shapes[i] = tuple(aval.shape)
+        prog.avals[i] = aval
         return i
 
     def walk(jaxpr, consts, in_refs):
@@ -143,17 +153,19 @@ def _flatten(closed) -> _Program:
 
 
 def _shape(prog: _Program, r) -> tuple[int, ...]:
-    return tuple(np.shape(r.val)) if isinstance(r, _Lit) else prog.shapes[r]
+    return tuple(np.shape(r.val)) if isinstance(r, _Lit) else tuple(prog.avals[r].shape)
+
+
+def _dtype(prog: _Program, r):
+    return np.result_type(r.val) if isinstance(r, _Lit) else prog.avals[r].dtype
+
+
+def _inexact(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
 
 
 def _bind(eqn: _Eqn, ins):
-    """`eqn`'s primitive on `ins` (as `jax.core.eval_jaxpr` binds it)."""
-    bind_params = eqn.prim.get_bind_params(eqn.params)
-    # Older JAX returns (subfuns, params); newer JAX the params only.
-    subfuns, bind_params = (
-        bind_params if isinstance(bind_params, tuple) else ((), bind_params)
-    )
-    return eqn.prim.bind(*subfuns, *ins, **bind_params)
+    return bind_equation(eqn.prim, eqn.params, list(ins))
 
 
 def _evaluate(prog: _Program, in_values, eps: dict, record: set):
@@ -175,27 +187,18 @@ def _evaluate(prog: _Program, in_values, eps: dict, record: set):
 
 
 # ---------------------------------------------------------------------------
-# Which values carry the example axis, and where.
+# Which values carry the example axis, and where: one rule per primitive (in
+# the style of NT's `STRUCTURE_RULES`), keyed by name because the primitive
+# objects of call-like and control-flow operations moved between JAX releases.
 
 
 class _Dependent(Exception):
     """The network may mix examples (or we cannot tell)."""
 
 
-_ELEMENTWISE = set(
-    "abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp conj "
-    "convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc "
-    "exp exp2 expm1 floor ge gt imag integer_pow is_finite le lgamma log log1p "
-    "logistic lt max min mul ne neg nextafter not or pow real reduce_precision "
-    "rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan "
-    "tanh xor sharding_constraint optimization_barrier".split()
-)
-_REDUCE = set(
-    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax "
-    "argmin".split()
-)
-_CUMULATIVE = {"cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"}
-_REDUCE_WINDOW = {"reduce_window_sum", "reduce_window_max", "reduce_window_min"}
+# rule(eqn, axes, shapes) -> the example axis of each output; `axes` holds each
+# operand's example axis (None: the operand has none).
+_AXIS_RULES: dict[str, Callable[[_Eqn, list, list], list]] = {}
 
 
 def _carried_axis(axes) -> int:
@@ -205,29 +208,212 @@ def _carried_axis(axes) -> int:
     return carried.pop()
 
 
-def _dot_general_axis(eqn: _Eqn, axes, shapes) -> int:
+def _rule(*names: str, carried: bool = True):
+    """Register `rule` for `names`. With `carried`, every operand with an
+    example axis must hold it at the same position `e`, passed as 4th
+    argument; otherwise the rule reads `axes` itself."""
+
+    def register(rule):
+        def checked(eqn, axes, shapes):
+            return rule(eqn, axes, shapes, _carried_axis(axes))
+
+        for name in names:
+            _AXIS_RULES[name] = checked if carried else rule
+        return rule
+
+    return register
+
+
+@_rule(
+    *"abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp conj "
+    "convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc "
+    "exp exp2 expm1 floor ge gt imag integer_pow is_finite le lgamma log log1p "
+    "logistic lt max min mul ne neg nextafter not or pow real reduce_precision "
+    "rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan "
+    "tanh xor sharding_constraint optimization_barrier".split()
+)
+def _elementwise(eqn, axes, shapes, e):
+    return [e] * len(eqn.outs)
+
+
+def _kept(name: str, axis_taken) -> None:
+    """Register a rule for an operation that keeps the example axis unless it works
+    along it (`axis_taken(params, e)`)."""
+
+    def rule(eqn, axes, shapes, e):
+        if axis_taken(eqn.params, e):
+            raise _Dependent(f"{name} along the example axis")
+        return [e] * len(eqn.outs)
+
+    _rule(name)(rule)
+
+
+for _name in "cumsum cumprod cummax cummin cumlogsumexp".split():
+    _kept(_name, lambda p, e: p["axis"] == e)
+_kept("sort", lambda p, e: p["dimension"] == e)
+_kept("split", lambda p, e: p["axis"] == e)
+_kept("concatenate", lambda p, e: p["dimension"] == e)
+_kept("rev", lambda p, e: e in p["dimensions"])
+_kept("pad", lambda p, e: tuple(p["padding_config"][e]) != (0, 0, 0))
+
+
+@_rule("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
+       "reduce_or", "argmax", "argmin")  # fmt: skip
+def _reduce(eqn, axes, shapes, e):
+    if e in eqn.params["axes"]:
+        raise _Dependent(f"{eqn.prim.name} reduces over the example axis")
+    return [e - sum(a < e for a in eqn.params["axes"])] * len(eqn.outs)
+
+
+@_rule("transpose")
+def _transpose(eqn, axes, shapes, e):
+    return [list(eqn.params["permutation"]).index(e)]
+
+
+@_rule("broadcast_in_dim")
+def _broadcast_in_dim(eqn, axes, shapes, e):
+    out = eqn.params["broadcast_dimensions"][e]
+    if eqn.params["shape"][out] != shapes[0][e]:
+        raise _Dependent("broadcast along the example axis")
+    return [out]
+
+
+@_rule("squeeze")
+def _squeeze(eqn, axes, shapes, e):
+    return [e - sum(d < e for d in eqn.params["dimensions"])]
+
+
+@_rule("reshape")
+def _reshape(eqn, axes, shapes, e):
+    old, new = shapes[0], eqn.params["new_sizes"]
+    if eqn.params.get("dimensions") is None:
+        before = math.prod(old[:e])
+        for j in range(len(new)):
+            if math.prod(new[:j]) == before and new[j] == old[e]:
+                return [j]
+    raise _Dependent("reshape merges the example axis")
+
+
+@_rule("dot_general", carried=False)
+def _dot_general_axis(eqn, axes, shapes):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     le, re = axes
     if le is not None and re is not None:
         if le in lb and re in rb and lb.index(le) == rb.index(re):
-            return lb.index(le)
+            return [lb.index(le)]
         raise _Dependent("dot_general pairs different examples")
     e, contract, batch, side = (le, lc, lb, 0) if le is not None else (re, rc, rb, 1)
     if e in contract:
         raise _Dependent("dot_general contracts over the example axis")
     if e in batch:
-        return batch.index(e)
+        return [batch.index(e)]
     free = [d for d in range(len(shapes[side])) if d not in contract and d not in batch]
     offset = len(batch)
     if side == 1:
         offset += len(shapes[0]) - len(lc) - len(lb)
-    return offset + free.index(e)
+    return [offset + free.index(e)]
 
 
-def _scan_axes(eqn: _Eqn, axes, shapes) -> list:
+@_rule("conv_general_dilated")
+def _conv(eqn, axes, shapes, e):
+    dn = eqn.params["dimension_numbers"]
+    if axes[1] is None and e == dn.lhs_spec[0] and eqn.params["batch_group_count"] == 1:
+        return [dn.out_spec[0]]
+    raise _Dependent("convolution mixes examples")
+
+
+@_rule("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window")
+def _reduce_window(eqn, axes, shapes, e):
     p = eqn.params
-    n_consts, n_carry = p["num_consts"], p["num_carry"]
-    body = _flatten(p["jaxpr"])
+    trivial = (
+        p["window_dimensions"][e] == 1
+        and p["window_strides"][e] == 1
+        and tuple(p["padding"][e]) == (0, 0)
+        and p["base_dilation"][e] == 1
+        and p["window_dilation"][e] == 1
+    )
+    if not trivial:
+        raise _Dependent("pooling window over the example axis")
+    return [e] * len(eqn.outs)
+
+
+@_rule("slice")
+def _slice(eqn, axes, shapes, e):
+    p = eqn.params
+    strides = p["strides"] or (1,) * len(shapes[0])
+    if (p["start_indices"][e], p["limit_indices"][e], strides[e]) != (
+        0,
+        shapes[0][e],
+        1,
+    ):
+        raise _Dependent("slice along the example axis")
+    return [e]
+
+
+@_rule("dynamic_slice", carried=False)
+def _dynamic_slice(eqn, axes, shapes):
+    # A full-length slice starts at 0 whatever the index (JAX clamps it).
+    e = axes[0]
+    if e is None or any(a is not None for a in axes[1:]):
+        raise _Dependent("dynamic_slice indexed per example")
+    if eqn.params["slice_sizes"][e] != shapes[0][e]:
+        raise _Dependent("dynamic_slice along the example axis")
+    return [e]
+
+
+@_rule("gather", carried=False)
+def _gather(eqn, axes, shapes):
+    dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+    batching = tuple(getattr(dn, "operand_batching_dims", ()))
+    e = axes[0]
+    if e is None or axes[1] is not None:
+        raise _Dependent("gather indexed per example")
+    if (
+        e in dn.collapsed_slice_dims
+        or e in dn.start_index_map
+        or e in batching
+        or sizes[e] != shapes[0][e]
+    ):
+        raise _Dependent("gather along the example axis")
+    # The operand's dimensions that are sliced whole map, in order, to the
+    # output's offset dimensions.
+    kept = [
+        d
+        for d in range(len(shapes[0]))
+        if d not in dn.collapsed_slice_dims and d not in batching
+    ]
+    return [dn.offset_dims[kept.index(e)]]
+
+
+def _body_axes(closed, in_axes) -> list:
+    """Example axes of a sub-jaxpr's outputs (a branch, a custom rule's body)."""
+    if isinstance(closed, jex_core.Jaxpr):
+        closed = jex_core.ClosedJaxpr(closed, [])
+    return _example_axes(_flatten(closed), list(in_axes))[1]
+
+
+@_rule("cond", carried=False)
+def _cond(eqn, axes, shapes):
+    if axes[0] is not None:
+        raise _Dependent("cond chooses per example")
+    outs = [_body_axes(branch, axes[1:]) for branch in eqn.params["branches"]]
+    if any(o != outs[0] for o in outs):
+        raise _Dependent("cond branches place the example axis differently")
+    return outs[0]
+
+
+@_rule("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", carried=False)
+def _custom_call(eqn, axes, shapes):
+    sub = _sub_jaxpr(eqn.params)
+    if sub is None:
+        raise _Dependent(f"{eqn.prim.name} on the example axis")
+    return _body_axes(jex_core.ClosedJaxpr(*sub), axes)
+
+
+@_rule("scan", carried=False)
+def _scan_axes(eqn, axes, shapes):
+    n_consts, n_carry = scan_counts(eqn.params)
+    body = _flatten(eqn.params["jaxpr"])
     in_axes = list(axes)
     for i in range(n_consts + n_carry, len(in_axes)):
         if in_axes[i] == 0:
@@ -249,72 +435,12 @@ def _scan_axes(eqn: _Eqn, axes, shapes) -> list:
 
 def _out_axes(eqn: _Eqn, axes, shapes) -> list:
     """Example axis of each output of `eqn`, or raise `_Dependent`."""
-    n_out = len(eqn.outs)
     if all(a is None for a in axes):
-        return [None] * n_out
-    name, p = eqn.prim.name, eqn.params
-    if name in _ELEMENTWISE:
-        return [_carried_axis(axes)] * n_out
-    e = _carried_axis(axes)
-    if name in _REDUCE:
-        if e in p["axes"]:
-            raise _Dependent(f"{name} reduces over the example axis")
-        return [e - sum(a < e for a in p["axes"])] * n_out
-    if name in _CUMULATIVE and p["axis"] != e:
-        return [e]
-    if name == "transpose":
-        return [list(p["permutation"]).index(e)]
-    if name == "broadcast_in_dim":
-        out = p["broadcast_dimensions"][e]
-        if p["shape"][out] != shapes[0][e]:
-            raise _Dependent("broadcast along the example axis")
-        return [out]
-    if name == "squeeze":
-        return [e - sum(d < e for d in p["dimensions"])]
-    if name == "reshape" and p.get("dimensions") is None:
-        old, new = shapes[0], p["new_sizes"]
-        before = math.prod(old[:e])
-        for j in range(len(new)):
-            if math.prod(new[:j]) == before and new[j] == old[e]:
-                return [j]
-        raise _Dependent("reshape merges the example axis")
-    if name == "dot_general":
-        return [_dot_general_axis(eqn, axes, shapes)]
-    if name == "conv_general_dilated":
-        dn = p["dimension_numbers"]
-        if axes[1] is None and e == dn.lhs_spec[0] and p["batch_group_count"] == 1:
-            return [dn.out_spec[0]]
-        raise _Dependent("convolution mixes examples")
-    if name in _REDUCE_WINDOW or name == "reduce_window":
-        trivial = (
-            p["window_dimensions"][e] == 1
-            and p["window_strides"][e] == 1
-            and tuple(p["padding"][e]) == (0, 0)
-            and p["base_dilation"][e] == 1
-            and p["window_dilation"][e] == 1
-        )
-        if trivial:
-            return [e] * n_out
-        raise _Dependent("pooling window over the example axis")
-    if name == "pad" and tuple(p["padding_config"][e]) == (0, 0, 0):
-        return [e]
-    if name == "slice":
-        strides = p["strides"] or (1,) * len(shapes[0])
-        full = (p["start_indices"][e], p["limit_indices"][e], strides[e])
-        if full == (0, shapes[0][e], 1):
-            return [e]
-    if name == "concatenate" and p["dimension"] != e:
-        return [e]
-    if name == "rev" and e not in p["dimensions"]:
-        return [e]
-    if name == "scan":
-        return _scan_axes(eqn, axes, shapes)
-    if name in ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"):
-        sub = _sub_jaxpr(p)
-        if sub is not None:
-            closed = jex_core.ClosedJaxpr(*sub)
-            return _example_axes(_flatten(closed), list(axes))[1]
-    raise _Dependent(f"{name} on the example axis")
+        return [None] * len(eqn.outs)
+    rule = _AXIS_RULES.get(eqn.prim.name)
+    if rule is None:
+        raise _Dependent(f"{eqn.prim.name} on the example axis")
+    return rule(eqn, axes, shapes)
 
 
 def _example_axes(prog: _Program, in_axes) -> tuple[dict, list]:
@@ -391,6 +517,13 @@ def _match(prog, axes, uses, tainted, leaf, vid) -> _Target | str:
         ):
             if name == "div" and pos != 0:
                 return "divides by the parameter"
+            if name == "convert_element_type" and not (
+                _inexact(_dtype(prog, cur)) and _inexact(eqn.params["new_dtype"])
+            ):
+                # Only casts between floating dtypes are linear; rounding to
+                # an integer or boolean has zero derivative.
+                to = np.dtype(eqn.params["new_dtype"]).name
+                return f"is cast to {to} (not linear)"
             if name in ("mul", "div") and math.prod(_shape(prog, others[0])) != 1:
                 scalar = False
             scalar = scalar and name in _SCALAR_CHAIN
@@ -476,28 +609,32 @@ class NTKPlan:
         return "nt" if methods == {"nt"} else "mixed"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class _Side:
+    """One input set (`x1` or `x2`): its program and the matched leaves."""
+
+    x: Any
+    prog: _Program
+    targets: dict  # leaf index -> _Target, for the structured leaves
+
+
+@dataclasses.dataclass(frozen=True)
 class _Analysis:
     plan: NTKPlan
-    prog: _Program | None = None
-    targets: tuple[_Target, ...] = ()
-    leaves: list | None = None
-    treedef: Any = None
-    trainable: tuple[int, ...] = ()
+    leaves: list
+    treedef: Any
+    # (x1's,) when x2 is None, else (x1's, x2's); empty when NT takes it all.
+    sides: tuple[_Side, ...] = ()
 
 
-def _nt_choice(independent: bool | None, vmap_axes) -> tuple[int, Any]:
+def _nt_choice(independent: bool | None, vmap_axes, out_axes=0) -> tuple[int, Any]:
     # Implementation 2 traces every network NT supports (3 does not trace
     # `stax.repeat`'s scan on current JAX); vmap where examples are independent.
     if vmap_axes is not None:
         return 2, vmap_axes
-    return 2, (0 if independent else None)
-
-
-def _whole_fallback(paths, trainable, independent, vmap_axes, reason) -> _Analysis:
-    impl, vm = _nt_choice(independent, vmap_axes)
-    leaves = tuple(LeafPlan(paths[i], "nt", reason) for i in trainable)
-    return _Analysis(NTKPlan(independent, leaves, impl, vm, reason))
+    if not independent or out_axes is None:
+        return 2, None
+    return 2, 0 if out_axes == 0 else (0, out_axes, {})
 
 
 def _gram_cheaper(prog, t: _Target, fx_shape, n1, n2, trace, diagonal) -> bool:
@@ -521,6 +658,27 @@ def _gram_cheaper(prog, t: _Target, fx_shape, n1, n2, trace, diagonal) -> bool:
     return gram <= jac
 
 
+def _target_key(prog: _Program, t: _Target) -> tuple:
+    """What must agree between x1's and x2's programs for one leaf: the same
+    operation at the same operand positions (the example count aside)."""
+    eqn = prog.eqns[t.eqn]
+    params = {k: v for k, v in eqn.params.items() if k != "sharding"}
+    chain = tuple(prog.eqns[k].prim.name for k in t.chain)
+    return (eqn.prim.name, repr(params), chain, t.q_pos, t.a_axis, t.z_axis, t.gram)
+
+
+def _trace(apply_fn, leaves, treedef, x):
+    """`apply_fn` on `x` as a flat program, with every value's example axis."""
+
+    def apply_leaves(leaves, x):
+        return apply_fn(jax.tree_util.tree_unflatten(treedef, leaves), x)
+
+    closed, out_shape = jax.make_jaxpr(apply_leaves, return_shape=True)(leaves, x)
+    prog = _flatten(closed)
+    axes, out_axes = _example_axes(prog, [None] * len(leaves) + [0])
+    return prog, axes, out_shape, out_axes
+
+
 def _analyse(
     apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, kwargs
 ) -> _Analysis:
@@ -529,33 +687,42 @@ def _analyse(
     leaves = [leaf for _, leaf in path_leaves]
     mask = jax.tree_util.tree_leaves(trainable_mask(params))
     trainable = tuple(i for i, m in enumerate(mask) if m)
+
+    def fallback(independent, reason, out_axes=0) -> _Analysis:
+        impl, vm = _nt_choice(independent, vmap_axes, out_axes)
+        plans = tuple(LeafPlan(paths[i], "nt", reason) for i in trainable)
+        return _Analysis(NTKPlan(independent, plans, impl, vm, reason), leaves, treedef)
+
     if kwargs:
-        return _whole_fallback(paths, trainable, None, vmap_axes, "apply_fn_kwargs")
-    arrays = all(
-        isinstance(x, (jax.Array, np.ndarray)) for x in (x1, x2) if x is not None
-    )
-    if not arrays or (x2 is not None and x1.shape[1:] != x2.shape[1:]):
-        return _whole_fallback(
-            paths, trainable, None, vmap_axes, "inputs are not arrays of one shape"
-        )
-    x = x1 if x2 is None else jnp.concatenate([x1, x2.astype(x1.dtype)])
-
-    def apply_leaves(leaves, x):
-        return apply_fn(jax.tree_util.tree_unflatten(treedef, leaves), x)
-
-    closed, out_shape = jax.make_jaxpr(apply_leaves, return_shape=True)(leaves, x)
-    prog = _flatten(closed)
+        return fallback(None, "apply_fn_kwargs")
+    inputs = [x1] if x2 is None else [x1, x2]
+    if not all(isinstance(x, (jax.Array, np.ndarray)) for x in inputs) or (
+        x2 is not None and x1.shape[1:] != x2.shape[1:]
+    ):
+        return fallback(None, "inputs are not arrays of one shape")
+    # f(x1) and f(x2) are what NT differentiates: one program per input (the
+    # same one when shapes and dtypes agree), never f on their concatenation,
+    # which differs for functions of the batch size or the row position.
+    traced: dict = {}
     try:
-        axes, out_axes = _example_axes(prog, [None] * len(leaves) + [0])
+        for x in inputs:
+            key = (x.shape, jnp.result_type(x))
+            if key not in traced:
+                traced[key] = _trace(apply_fn, leaves, treedef, x)
     except _Dependent as e:
-        return _whole_fallback(paths, trainable, False, vmap_axes, str(e))
+        return fallback(False, str(e))
+    programs = [traced[(x.shape, jnp.result_type(x))] for x in inputs]
+    out_shape, out_axes = programs[0][2], programs[0][3]
     if not isinstance(out_shape, jax.ShapeDtypeStruct) or out_axes != [0]:
-        return _whole_fallback(
-            paths, trainable, True, vmap_axes, "output is not one array of examples"
-        )
-    fx_shape = (x1.shape[0], *out_shape.shape[1:])
+        known = None if None in out_axes else out_axes
+        tree = jax.tree_util.tree_structure(out_shape)
+        axes_tree = None if known is None else tree.unflatten(known)
+        return fallback(True, "output is not one array of examples", axes_tree)
+    if any(p[2].shape[1:] != out_shape.shape[1:] for p in programs):
+        return fallback(True, "outputs of x1 and x2 differ in shape")
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
+    fx_shape = (n1, *out_shape.shape[1:])
     ndim = len(fx_shape)
     trace = nt_utils.canonicalize_axis(trace_axes, ndim)
     diagonal = nt_utils.canonicalize_axis(diagonal_axes, ndim)
@@ -565,23 +732,38 @@ def _analyse(
             f"{diagonal_axes!r} pair the examples of x1 and x2, which needs as "
             f"many of each; got {n1} and {n2}."
         )
-    uses = _uses(prog)
-    tainted = _taint(prog, [prog.invars[i] for i in trainable])
-    targets, leaf_plans = [], []
+
+    def match_all(prog, axes) -> dict:
+        uses = _uses(prog)
+        tainted = _taint(prog, [prog.invars[i] for i in trainable])
+        return {
+            i: _match(prog, axes, uses, tainted, i, prog.invars[i]) for i in trainable
+        }
+
+    matches = [match_all(p[0], p[1]) for p in programs]
+    targets: list[dict] = [{} for _ in programs]
+    leaf_plans = []
     for i in trainable:
-        found = _match(prog, axes, uses, tainted, i, prog.invars[i])
-        if isinstance(found, str):
-            leaf_plans.append(LeafPlan(paths[i], "nt", f"the leaf {found}"))
-            continue
-        if found.gram and not _gram_cheaper(
-            prog, found, fx_shape, n1, n2, trace, diagonal
+        found = [m[i] for m in matches]
+        reason = next((f for f in found if isinstance(f, str)), None)
+        if (
+            reason is None
+            and len({_target_key(p[0], t) for p, t in zip(programs, found)}) != 1
         ):
-            found = dataclasses.replace(found, gram=False)
-        targets.append(found)
-        leaf_plans.append(LeafPlan(paths[i], "gram" if found.gram else "jacobian"))
+            reason = "reaches the network differently for x1 and x2"
+        if reason is not None:
+            leaf_plans.append(LeafPlan(paths[i], "nt", f"the leaf {reason}"))
+            continue
+        gram = found[0].gram and _gram_cheaper(
+            programs[0][0], found[0], fx_shape, n1, n2, trace, diagonal
+        )
+        for side, t in zip(targets, found):
+            side[i] = dataclasses.replace(t, gram=gram)
+        leaf_plans.append(LeafPlan(paths[i], "gram" if gram else "jacobian"))
     impl, vm = _nt_choice(True, vmap_axes)
     plan = NTKPlan(True, tuple(leaf_plans), impl, vm)
-    return _Analysis(plan, prog, tuple(targets), leaves, treedef, trainable)
+    sides = tuple(_Side(x, p[0], t) for x, p, t in zip(inputs, programs, targets))
+    return _Analysis(plan, leaves, treedef, sides)
 
 
 def ntk_plan(
@@ -664,7 +846,7 @@ def _letters(fx_ndim, trace, diagonal):
 
 
 def _gram_ntk(d1, d2, a1, a2, scale, trace, diagonal, fx_ndim):
-    """s² Σ_{P,Q} (A1[n1,P]·A2[n2,Q]) (D1[f1,P]·D2[f2,Q]), in NT's layout."""
+    """s1 s2 Σ_{P,Q} (A1[n1,P]·A2[n2,Q]) (D1[f1,P]·D2[f2,Q]), in NT's layout."""
     s1, s2, out, pool = _letters(fx_ndim, trace, diagonal)
     n_pos = a1.ndim - 2
     p_pos = [next(pool) for _ in range(n_pos)]
@@ -674,29 +856,28 @@ def _gram_ntk(d1, d2, a1, a2, scale, trace, diagonal, fx_ndim):
         f"{''.join(s1 + p_pos)}{j},{''.join(s2 + q_pos)}{j},"
         f"{s1[0]}{''.join(p_pos)}{i},{s2[0]}{''.join(q_pos)}{i}->{''.join(out)}"
     )
-    return scale**2 * jnp.einsum(spec, d1, d2, a1, a2, optimize="optimal")
+    return scale * jnp.einsum(spec, d1, d2, a1, a2, optimize="optimal")
 
 
-def _structured_blocks(
-    analysis: _Analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
-):
-    """Per block (a set of leaf indices), the NTK of its matched leaves, each
-    weighted by its learning rate (Θ = Σ rate · J Jᵀ)."""
-    prog, targets, leaves = analysis.prog, analysis.targets, analysis.leaves
-    # Only a structured analysis (program and leaves known) has targets.
-    assert prog is not None and leaves is not None
-    x = x1 if x2 is None else jnp.concatenate([x1, x2.astype(x1.dtype)])
-    n1 = x1.shape[0]
+def _side_factors(side: _Side, leaves, wanted) -> tuple[dict, int]:
+    """Per matched leaf in `wanted`, what its Jacobian on `side.x` factors
+    into, from one forward and one batched backward pass: `(d, a, s)` for
+    the Gram form, the per-example Jacobian otherwise; and the output shape
+    without the example axis."""
+    prog = side.prog
+    targets = [t for i, t in side.targets.items() if i in wanted]
     record = {t.a_id for t in targets}
     for t in targets:
         record |= _chain_consts(prog, t)
-    eps = {
-        t.eqn: jnp.zeros(prog.shapes[prog.eqns[t.eqn].outs[0]], x.dtype)
-        for t in targets
-    }
+    # A cotangent has the dtype of the value it belongs to, whatever the
+    # input's dtype (integer inputs included).
+    eps = {}
+    for t in targets:
+        aval = prog.avals[prog.eqns[t.eqn].outs[0]]
+        eps[t.eqn] = jnp.zeros(aval.shape, aval.dtype)
 
     def forward(eps):
-        outs, recorded = _evaluate(prog, [*leaves, x], eps, record)
+        outs, recorded = _evaluate(prog, [*leaves, side.x], eps, record)
         return outs[0], recorded
 
     out, vjp_fn, recorded = jax.vjp(forward, eps, has_aux=True)
@@ -706,26 +887,14 @@ def _structured_blocks(
         jnp.eye(k, dtype=out.dtype).reshape(k, 1, *rest), (k, *out.shape)
     )
     (deltas,) = jax.vmap(vjp_fn)(basis)  # eqn -> (k, *z.shape)
-
     fx_ndim = out.ndim
-    trace = nt_utils.canonicalize_axis(trace_axes, fx_ndim)
-    diagonal = nt_utils.canonicalize_axis(diagonal_axes, fx_ndim)
-    size = nt_utils.size_at((n1, *rest), trace)
-
-    def split_examples(v, axis):
-        if x2 is None:
-            return v, v
-        return (
-            jax.lax.slice_in_dim(v, 0, n1, axis=axis),
-            jax.lax.slice_in_dim(v, n1, v.shape[axis], axis=axis),
-        )
 
     def per_example(delta, z_axis):
         # (k, *z) -> (N, *rest, *z without the example axis)
         d = jnp.moveaxis(delta, z_axis + 1, 0)
         return d.reshape(d.shape[0], *rest, *d.shape[2:])
 
-    contributions = {}
+    factors = {}
     for t in targets:
         eqn = prog.eqns[t.eqn]
         a = recorded[t.a_id]
@@ -738,16 +907,35 @@ def _structured_blocks(
                 d = jnp.moveaxis(d, fx_ndim, -1)
             ones = jnp.ones(leaves[t.leaf].shape, leaves[t.leaf].dtype)
             scale = _replay_chain(prog, t, ones, recorded).reshape(-1)[0]
-            a1, a2 = split_examples(a_mat, 0)
-            d1, d2 = split_examples(d, 0)
-            ntk = _gram_ntk(d1, d2, a1, a2, scale, trace, diagonal, fx_ndim)
+            factors[t.leaf] = (d, a_mat, scale)
         else:
-            jac = _per_example_jacobian(prog, t, eqn, a, d, leaves[t.leaf], recorded)
-            j1, j2 = split_examples(jac, 0)
-            param_axes = list(range(fx_ndim, jac.ndim))
-            ntk = _dot_general(j1, j2, trace + param_axes, diagonal)
-        rate = rates[t.leaf]
-        contributions[t.leaf] = ntk / size if rate == 1.0 else (rate / size) * ntk
+            factors[t.leaf] = _per_example_jacobian(
+                prog, t, eqn, a, d, leaves[t.leaf], recorded
+            )
+    return factors, rest
+
+
+def _structured_blocks(analysis: _Analysis, blocks, rates, trace_axes, diagonal_axes):
+    """Per block (a set of leaf indices), the NTK of its matched leaves, each
+    weighted by its learning rate (Θ = Σ rate · J Jᵀ)."""
+    leaves, sides = analysis.leaves, analysis.sides
+    wanted = {i for block in blocks for i in block}
+    first, rest = _side_factors(sides[0], leaves, wanted)
+    second = first if len(sides) == 1 else _side_factors(sides[1], leaves, wanted)[0]
+    fx_ndim = 1 + len(rest)
+    trace = nt_utils.canonicalize_axis(trace_axes, fx_ndim)
+    diagonal = nt_utils.canonicalize_axis(diagonal_axes, fx_ndim)
+    size = nt_utils.size_at((sides[0].x.shape[0], *rest), trace)
+    contributions = {}
+    for i, f1 in first.items():
+        f2 = second[i]
+        if isinstance(f1, tuple):  # Gram form: (d, a, s) per side
+            (d1, a1, s1), (d2, a2, s2) = f1, f2
+            ntk = _gram_ntk(d1, d2, a1, a2, s1 * s2, trace, diagonal, fx_ndim)
+        else:  # per-example Jacobians
+            param_axes = list(range(fx_ndim, f1.ndim))
+            ntk = _dot_general(f1, f2, trace + param_axes, diagonal)
+        contributions[i] = ntk / size if rates[i] == 1.0 else (rates[i] / size) * ntk
     parts = [
         [contributions[i] for i in block if i in contributions] for block in blocks
     ]
@@ -778,21 +966,13 @@ def _per_example_jacobian(prog, t: _Target, eqn: _Eqn, a, d, p, recorded):
 
 
 def _nt_block_ntk(
-    analysis,
-    apply_fn,
-    x1,
-    x2,
-    block,
-    rates,
-    trace_axes,
-    diagonal_axes,
-    nt_options,
-    kwargs,
+    apply_fn, analysis: _Analysis, block, rates, x1, x2, nt_options, apply_fn_kwargs
 ):
     """NT's NTK of the leaves in `block` (others, frozen included, constant),
-    each leaf's Jacobian scaled by the square root of its learning rate."""
+    each leaf's Jacobian scaled by the square root of its learning rate.
+    `nt_options` holds every keyword argument of `nt.empirical_ntk_fn` but
+    the implementation and `vmap_axes`, which the plan sets."""
     leaves, treedef = analysis.leaves, analysis.treedef
-    plan = analysis.plan
 
     def apply_block(sub, x, **kw):
         full = list(leaves)
@@ -803,13 +983,18 @@ def _nt_block_ntk(
 
     fn = nt.empirical_ntk_fn(
         apply_block,
-        trace_axes=trace_axes,
-        diagonal_axes=diagonal_axes,
-        vmap_axes=plan.nt_vmap_axes,
-        implementation=plan.nt_implementation,
+        vmap_axes=analysis.plan.nt_vmap_axes,
+        implementation=analysis.plan.nt_implementation,
         **nt_options,
     )
-    return fn(x1, x2, [leaves[i] for i in block], **kwargs)
+    return fn(x1, x2, [leaves[i] for i in block], **apply_fn_kwargs)
+
+
+def _no_examples(x1, x2) -> bool:
+    return any(
+        isinstance(x, (jax.Array, np.ndarray)) and x.ndim and x.shape[0] == 0
+        for x in (x1, x2)
+    )
 
 
 def block_ntks(
@@ -828,45 +1013,40 @@ def block_ntks(
 
     `blocks[b]` lists indices into `jax.tree_util.tree_leaves(params)`; frozen
     leaves in a block are ignored (a block without trainable leaves gives
-    zeros). One forward and one batched backward pass serve every block;
-    unmatched leaves go to NT block by block.
+    zeros). One forward and one batched backward pass per input set serve
+    every block; unmatched leaves go to NT block by block.
     """
     mask = jax.tree_util.tree_leaves(trainable_mask(params))
     rates = jax.tree_util.tree_leaves(learning_rates(params))
     blocks = [[i for i in block if mask[i]] for block in blocks]
+
+    def zeros():
+        return _zeros_like_ntk(
+            apply_fn, x1, x2, params, trace_axes, diagonal_axes, apply_fn_kwargs
+        )
+
+    if _no_examples(x1, x2):  # an empty kernel, as NT gives
+        return [zeros() for _ in blocks]
     analysis = _analyse(
         apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
     )
-    if analysis.prog is None:  # the whole network goes to NT
-        analysis.leaves, analysis.treedef = jax.tree_util.tree_flatten(params)
-    matched = {t.leaf for t in analysis.targets}
+    matched = set(analysis.sides[0].targets) if analysis.sides else set()
     structured = [None] * len(blocks)
-    if analysis.targets:
+    if matched:
         structured = _structured_blocks(
-            analysis, x1, x2, blocks, rates, trace_axes, diagonal_axes
+            analysis, blocks, rates, trace_axes, diagonal_axes
         )
+    options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes)
+    options.update(nt_options or {})
     results = []
     for block, ntk in zip(blocks, structured):
         rest = [i for i in block if i not in matched]
         if rest:
             theirs = _nt_block_ntk(
-                analysis,
-                apply_fn,
-                x1,
-                x2,
-                rest,
-                rates,
-                trace_axes,
-                diagonal_axes,
-                nt_options or {},
-                apply_fn_kwargs,
+                apply_fn, analysis, rest, rates, x1, x2, options, apply_fn_kwargs
             )
             ntk = theirs if ntk is None else ntk + theirs
-        if ntk is None:
-            ntk = _zeros_like_ntk(
-                apply_fn, x1, x2, params, trace_axes, diagonal_axes, apply_fn_kwargs
-            )
-        results.append(ntk)
+        results.append(zeros() if ntk is None else ntk)
     return results
 
 
