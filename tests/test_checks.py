@@ -12,6 +12,7 @@ import pytest
 
 from nt_frozen import (
     Frozen,
+    LearningRate,
     check_params,
     empirical_kernel_fn,
     empirical_ntk_decomposition,
@@ -83,6 +84,28 @@ def test_check_params_names_the_first_mismatch(other, match):
     init_fn = stax.serial(*layers())[0]
     with pytest.raises(ValueError, match=match):
         check_params(init_fn, params_of(other), X.shape)
+
+
+def _rated_layers(rate):
+    return [*layers()[:4], LearningRate(stax.Dense(1, b_std=0.1), rate)]
+
+
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (layers(), r"params\[4\] carries no learning-rate marker, but the network "),
+        (_rated_layers(3.0), r"params\[4\] is marked with rate 3, the network trains"),
+    ],
+    ids=["unrated", "other-rate"],
+)
+def test_check_params_names_missing_or_other_rate_markers(other, match):
+    init_fn = stax.serial(*_rated_layers(2.0))[0]
+    with pytest.raises(ValueError, match=match) as info:
+        check_params(init_fn, params_of(other), X.shape)
+    assert "freeze_like(params, init_fn(key, x.shape)[1])" in str(info.value)
+    check_params(init_fn, params_of(_rated_layers(2.0)), X.shape)
+    with pytest.raises(ValueError, match=r"params\[4\] is marked with rate 2"):
+        check_params(stax.serial(*layers())[0], params_of(_rated_layers(2.0)), X.shape)
 
 
 def test_empirical_functions_reject_parameters_that_do_not_run():
