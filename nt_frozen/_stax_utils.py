@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from neural_tangents import Kernel
 
-from nt_frozen._compat import get_req
+from nt_frozen._compat import get_req, stax
 
 #: A stax layer: `(init_fn, apply_fn, kernel_fn)`.
 Layer = tuple[Callable, Callable, Callable]
@@ -43,6 +43,37 @@ def looks_like_layer(item: Any) -> bool:
     )
 
 
+def function_hint(fn: Callable, wrap: str = "{}") -> str:
+    """How to turn the function `fn`, given where a layer was expected, into a
+    layer (`wrap` formats the suggested call, e.g. `"Frozen({})"`).
+
+    Example:
+      >>> function_hint(stax.Dense, "Frozen({})")
+      'Call it first, e.g. Frozen(stax.Dense(...)).'
+      >>> import jax
+      >>> function_hint(jax.nn.relu)
+      "'relu' is a function, not a stax layer: its closed-form layer is stax.Relu()."
+    """
+    name = getattr(fn, "__name__", repr(fn))
+    if callable(getattr(stax, name, None)):
+        return f"Call it first, e.g. {wrap.format(f'stax.{name}(...)')}."
+    # NT's closed-form layer of the same nonlinearity (relu -> Relu, ...).
+    same = {n.lower(): n for n in dir(stax) if not n.startswith("_")}.get(name.lower())
+    if same is not None and callable(getattr(stax, same)):
+        return (
+            f"{name!r} is a function, not a stax layer: its closed-form layer is "
+            f"{wrap.format(f'stax.{same}()')}."
+        )
+    return (
+        f"{name!r} is a function, not a stax layer (neural_tangents.stax has no "
+        f"layer for it). For an elementwise nonlinearity use "
+        f"{wrap.format(f'stax.ElementwiseNumerical({name}, deg=25)')} (its kernel "
+        f"by Gauss-Hermite quadrature), stax.Elementwise({name}, nngp_fn) with "
+        f"its closed-form NNGP, or a closed-form layer such as stax.Erf(), "
+        f"stax.Gelu() or stax.Relu()."
+    )
+
+
 def check_layer(candidate: Any, where: str, name: str = "the layer") -> Layer:
     """`candidate` as a layer triple, or an error that names `where` and says
     how to fix the call (`name` is what the error calls the candidate)."""
@@ -50,7 +81,7 @@ def check_layer(candidate: Any, where: str, name: str = "the layer") -> Layer:
         fn = getattr(candidate, "__name__", repr(candidate))
         raise TypeError(
             f"{where}: {name} is the function {fn!r}, not a layer triple "
-            f"(init_fn, apply_fn, kernel_fn). Call it first, e.g. stax.{fn}(...)."
+            f"(init_fn, apply_fn, kernel_fn). {function_hint(candidate)}"
         )
     if not isinstance(candidate, (tuple, list)):
         raise TypeError(
