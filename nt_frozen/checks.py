@@ -12,43 +12,17 @@ traces.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from neural_tangents import Kernel
 
 from nt_frozen.params import is_frozen
 from nt_frozen.rates import is_rated
 
 PyTree = Any
-
-#: Names `get` may hold for an analytic `kernel_fn` (the `Kernel` fields).
-KERNEL_FIELDS = tuple(field.name for field in dataclasses.fields(Kernel))
-#: Names `get` may hold for an empirical kernel.
-EMPIRICAL_KERNELS = ("nngp", "ntk")
-
-
-def check_get(get: Any, valid: Sequence[str], where: str) -> tuple[str, ...] | None:
-    """The names in `get` (`None` stays `None`); a ValueError for a wrong one."""
-    if get is None:
-        return None
-    names = (get,) if isinstance(get, str) else get
-    try:
-        names = tuple(names)
-    except TypeError:
-        names = (get,)
-    for name in names:
-        if not isinstance(name, str) or name not in valid:
-            what = "is" if names == (get,) else f"holds {name!r}, which is"
-            raise ValueError(
-                f"{where}: get={get!r} {what} not a kernel name here; use one or "
-                f"several of {', '.join(map(repr, valid))}."
-            )
-    return names
 
 
 def input_shape_of(x: PyTree) -> Any:

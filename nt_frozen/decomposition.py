@@ -57,8 +57,10 @@ from nt_frozen._compat import (
     stax,
 )
 from nt_frozen._stax_utils import (
+    KERNEL_FIELDS,
     Layer,
     PyTree,
+    check_get,
     check_layers,
     has_leaves,
     is_kernel,
@@ -69,9 +71,7 @@ from nt_frozen._stax_utils import (
     zeros_like_ntks,
 )
 from nt_frozen.checks import (
-    KERNEL_FIELDS,
     check_apply,
-    check_get,
     check_params,
     input_shape_of,
 )

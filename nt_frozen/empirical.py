@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from nt_frozen._compat import nt, nt_utils
-from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
+from nt_frozen._stax_utils import EMPIRICAL_KERNELS, check_get
+from nt_frozen.checks import check_apply
 from nt_frozen.params import merge, split
 from nt_frozen.rates import check_rates_fit, weight_jacobians
 from nt_frozen.structured import block_ntks

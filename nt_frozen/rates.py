@@ -30,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_frozen._compat import get_req, layer, requires
-from nt_frozen._stax_utils import Layer, has_leaves, ntks, replace_ntks
+from nt_frozen._stax_utils import (
+    Layer,
+    checked_get_kernel_fn,
+    has_leaves,
+    ntks,
+    replace_ntks,
+)
 from nt_frozen.frozen import Frozen, check_wrapped_layer, ntk_jvp
 from nt_frozen.params import FrozenParams, is_frozen
 
@@ -503,7 +509,9 @@ def LearningRate(layer: Layer, rate: float) -> Layer:  # noqa: N802 (stax CamelC
     if rate == 1.0:
         return layer
     label = f"LearningRate({name}, {rate:g})"
-    rated = _rated(init_fn, apply_fn, kernel_fn, rate, label)
+    r_init, r_apply, r_kernel = _rated(init_fn, apply_fn, kernel_fn, rate, label)
+    # `get` checked before any work (NT's bare KeyError comes after it).
+    rated = r_init, r_apply, checked_get_kernel_fn(r_kernel, label)
     # Name after the wrapped layer (`LearningRate(Dense, 0.1)`), for labels
     # and tracebacks.
     for fn, original in zip(rated, (init_fn, apply_fn, kernel_fn)):
