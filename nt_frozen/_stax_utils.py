@@ -211,13 +211,13 @@ def checked_get_kernel_fn(kernel_fn: Callable, where: str) -> Callable:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> kernel_fn = checked_get_kernel_fn(stax.Relu()[2], "Relu")
+      >>> kernel_fn = checked_get_kernel_fn(stax.Dense(4)[2], "Dense")
       >>> kernel_fn(jnp.ones((2, 3)), None, "nngp").shape
       (2, 2)
       >>> kernel_fn(jnp.ones((2, 3)), None, "ntkk")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
         ...
-      ValueError: Relu kernel_fn: get='ntkk' is not a kernel name here; use one ...
+      ValueError: Dense kernel_fn: get='ntkk' is not a kernel name here; use one ...
     """
 
     @functools.wraps(kernel_fn)
