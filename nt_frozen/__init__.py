@@ -4,7 +4,8 @@ Import `nt` and `stax` from here (``from nt_frozen import nt, stax``): this
 makes neural-tangents 0.6.5 work on current JAX without TensorFlow.
 """
 
-from nt_frozen._compat import nt, stax
+from nt_frozen import stax
+from nt_frozen._compat import nt
 from nt_frozen.checks import check_params
 from nt_frozen.decomposition import (
     empirical_ntk_decomposition,

@@ -12,42 +12,17 @@ traces.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from neural_tangents import Kernel
 
 from nt_frozen.params import is_frozen
+from nt_frozen.rates import is_rated
 
 PyTree = Any
-
-#: Names `get` may hold for an analytic `kernel_fn` (the `Kernel` fields).
-KERNEL_FIELDS = tuple(field.name for field in dataclasses.fields(Kernel))
-#: Names `get` may hold for an empirical kernel.
-EMPIRICAL_KERNELS = ("nngp", "ntk")
-
-
-def check_get(get: Any, valid: Sequence[str], where: str) -> tuple[str, ...] | None:
-    """The names in `get` (`None` stays `None`); a ValueError for a wrong one."""
-    if get is None:
-        return None
-    names = (get,) if isinstance(get, str) else get
-    try:
-        names = tuple(names)
-    except TypeError:
-        names = (get,)
-    for name in names:
-        if not isinstance(name, str) or name not in valid:
-            what = "is" if names == (get,) else f"holds {name!r}, which is"
-            raise ValueError(
-                f"{where}: get={get!r} {what} not a kernel name here; use one or "
-                f"several of {', '.join(map(repr, valid))}."
-            )
-    return names
 
 
 def input_shape_of(x: PyTree) -> Any:
@@ -106,6 +81,10 @@ def _first_mismatch(got: PyTree, want: PyTree, path: tuple) -> tuple[tuple, str]
                 "wraps these parameters in FrozenParams)"
             )
         return path, "is marked frozen (FrozenParams), but the network trains it"
+    if is_rated(want) or is_rated(got):
+        rate = _rate_problem(got, want)
+        if rate is not None:
+            return path, rate
     want_children, want_def = _one_level(want)
     got_children, got_def = _one_level(got)
     if jax.tree_util.treedef_is_leaf(want_def) and jax.tree_util.treedef_is_leaf(
@@ -120,6 +99,32 @@ def _first_mismatch(got: PyTree, want: PyTree, path: tuple) -> tuple[tuple, str]
         mismatch = _first_mismatch(g, w, path + key)
         if mismatch is not None:
             return mismatch
+    return None
+
+
+_MARKER_FIX = (
+    " To give the values of another network (a checkpoint) this network's "
+    "markers: nt_frozen.freeze_like(params, init_fn(key, x.shape)[1])."
+)
+
+
+def _rate_problem(got: PyTree, want: PyTree) -> str | None:
+    """What differs in the learning-rate markers of `got` and `want`, if anything."""
+    if not is_rated(want):
+        return (
+            f"is marked with rate {got.rate:g} (RatedParams), the network trains "
+            f"it at rate 1"
+        )
+    if not is_rated(got):
+        return (
+            f"carries no learning-rate marker, but the network trains it at rate "
+            f"{want.rate:g} (its init_fn wraps these parameters in RatedParams)"
+        )
+    if got.rate != want.rate:
+        return (
+            f"is marked with rate {got.rate:g}, the network trains it at rate "
+            f"{want.rate:g}"
+        )
     return None
 
 
@@ -166,6 +171,7 @@ def check_params(
             f"{where}: params do not match the network (for inputs of shape "
             f"{input_shape}): params{jax.tree_util.keystr(path)} {problem}. Were "
             f"they made by this network (same layers, widths and Frozen layers)?"
+            f"{_MARKER_FIX if 'marke' in problem else ''}"
         )
 
 

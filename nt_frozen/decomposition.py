@@ -57,8 +57,10 @@ from nt_frozen._compat import (
     stax,
 )
 from nt_frozen._stax_utils import (
+    KERNEL_FIELDS,
     Layer,
     PyTree,
+    check_get,
     check_layers,
     has_leaves,
     is_kernel,
@@ -69,14 +71,12 @@ from nt_frozen._stax_utils import (
     zeros_like_ntks,
 )
 from nt_frozen.checks import (
-    KERNEL_FIELDS,
     check_apply,
-    check_get,
     check_params,
     input_shape_of,
 )
 from nt_frozen.params import merge, split
-from nt_frozen.rates import weight_jacobians
+from nt_frozen.rates import check_rates_fit, weight_jacobians
 from nt_frozen.structured import block_ntks
 
 #: Layer indices of one group: an `int` or a sequence of `int`s.
@@ -469,6 +469,7 @@ class EmpiricalNTKDecomposition:
         if self._init_fn is not None:
             check_params(self._init_fn, params, input_shape_of(x1), where)
         groups = self.resolve(params)
+        check_rates_fit(params, where)
         if self._init_fn is None:
             check_apply(self.apply_fn, params, x1, where, **kwargs1)
         if groups and not apply_fn_kwargs and _one_array(self.apply_fn, params, x1):

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from nt_frozen._compat import nt, nt_utils
-from nt_frozen.checks import EMPIRICAL_KERNELS, check_apply, check_get
+from nt_frozen._stax_utils import EMPIRICAL_KERNELS, check_get
+from nt_frozen.checks import check_apply
 from nt_frozen.params import merge, split
-from nt_frozen.rates import weight_jacobians
+from nt_frozen.rates import check_rates_fit, weight_jacobians
 from nt_frozen.structured import block_ntks
 
 PyTree = Any
@@ -41,6 +42,7 @@ def _check_inputs(
     a `serial` network would silently ignore)."""
     if params is None:
         raise TypeError(f"{where}: params is None; pass the network's parameters.")
+    check_rates_fit(params, where)
     kwargs1, kwargs2 = nt_utils.split_kwargs(apply_fn_kwargs, x1, x2)
     check_apply(apply_fn, params, x1, where, **kwargs1)
     if x2 is not None:

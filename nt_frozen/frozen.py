@@ -23,6 +23,8 @@ from nt_frozen._compat import get_req, layer, requires
 from nt_frozen._stax_utils import (
     Layer,
     check_layer,
+    checked_get_kernel_fn,
+    function_hint,
     looks_like_layer,
     ntk_map,
     ntks,
@@ -38,9 +40,10 @@ def check_wrapped_layer(candidate: Any, where: str) -> Layer:
     """The one layer a wrapper (`where`: `Frozen`, `LearningRate`) is given."""
     if callable(candidate) and not isinstance(candidate, (tuple, list)):
         name = getattr(candidate, "__name__", repr(candidate))
+        call = where + ("({})" if where == "Frozen" else "({}, rate)")
         raise TypeError(
             f"{where} expects a layer triple (init_fn, apply_fn, kernel_fn), got "
-            f"the function {name!r}. Call it first, e.g. {where}(stax.{name}(...))."
+            f"the function {name!r}. {function_hint(candidate, call)}"
         )
     if (
         isinstance(candidate, (tuple, list))
@@ -164,7 +167,15 @@ def Frozen(layer: Layer) -> Layer:  # noqa: N802 (stax layers are CamelCase)
     init_fn, apply_fn, kernel_fn = check_wrapped_layer(layer, "Frozen")
     if getattr(kernel_fn, _FROZEN_MARK, False):
         return layer  # Freezing is idempotent.
-    frozen = _frozen(init_fn, apply_fn, kernel_fn)
+    f_init, f_apply, f_kernel = _frozen(init_fn, apply_fn, kernel_fn)
+    # `get` checked before any work (NT's bare KeyError comes after it).
+    frozen = (
+        f_init,
+        f_apply,
+        checked_get_kernel_fn(
+            f_kernel, f"Frozen({getattr(kernel_fn, '__name__', 'layer')})"
+        ),
+    )
     # Name after the wrapped layer (`Frozen(Dense)`), for labels and tracebacks.
     for fn, original in zip(frozen, (init_fn, apply_fn, kernel_fn)):
         fn.__name__ = f"Frozen({getattr(original, '__name__', 'layer')})"

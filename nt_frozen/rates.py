@@ -26,10 +26,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nt_frozen._compat import get_req, layer, requires
-from nt_frozen._stax_utils import Layer, ntks, replace_ntks
+from nt_frozen._stax_utils import (
+    Layer,
+    checked_get_kernel_fn,
+    has_leaves,
+    ntks,
+    replace_ntks,
+)
 from nt_frozen.frozen import Frozen, check_wrapped_layer, ntk_jvp
 from nt_frozen.params import FrozenParams, is_frozen
 
@@ -39,7 +46,7 @@ PyTree = Any
 # --- Parameters ---------------------------------------------------------------
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class RatedParams:
     """Marks the parameters of a rated layer: its child is the parameter tree,
     its rate (a positive float) is static pytree data, so gradients, optimizer
@@ -62,6 +69,11 @@ class RatedParams:
 
     def tree_flatten(self):
         return (self.params,), self.rate
+
+    def tree_flatten_with_keys(self):
+        # Key paths read `[2].params[0]`, as under FrozenParams, so that errors
+        # name the parameter.
+        return ((jax.tree_util.GetAttrKey("params"), self.params),), self.rate
 
     @classmethod
     def tree_unflatten(cls, rate, children):
@@ -132,12 +144,14 @@ def _map_with_rates(fn: Callable[[Any, float], Any], tree: PyTree, rate=1.0):
 
 
 def learning_rates(params: PyTree) -> PyTree:
-    """Each leaf's effective learning rate (a float), in a tree like `params`.
+    """Each leaf's effective learning rate, a Python float, in a plain tree.
 
     The product of the rates of the :class:`RatedParams` markers above a leaf;
-    0 under a :class:`~nt_frozen.FrozenParams` marker; 1 elsewhere. Marker
-    nodes are kept, so the result has exactly the structure of `params` (and
-    of their gradients and optimizer states).
+    0 under a :class:`~nt_frozen.FrozenParams` marker; 1 elsewhere. The
+    result has the layout of `params` without the marker nodes (numbers, not
+    markers, at every level), and its leaves come in the order of
+    `jax.tree_util.tree_leaves(params)`. To scale gradients or updates, which
+    keep the markers, use :func:`apply_learning_rates`.
 
     Example:
       >>> import jax
@@ -148,10 +162,19 @@ def learning_rates(params: PyTree) -> PyTree:
       ...     LearningRate(stax.serial(dense(3), Frozen(dense(3)),
       ...                              LearningRate(dense(1), 10.)), 2.))
       >>> _, params = init_fn(jax.random.PRNGKey(0), (1, 4))
-      >>> jax.tree_util.tree_leaves(learning_rates(params))
-      [0.1, 0.1, 2.0, 2.0, 0.0, 0.0, 20.0, 20.0]
+      >>> learning_rates(params)
+      [(0.1, 0.1), (), [(2.0, 2.0), (0.0, 0.0), (20.0, 20.0)]]
     """
-    return _map_with_rates(lambda _, rate: rate, params)
+    return _without_markers(_map_with_rates(lambda _, rate: float(rate), params))
+
+
+def _without_markers(tree: PyTree) -> PyTree:
+    """`tree` with every marker node replaced by its child."""
+    return jax.tree_util.tree_map(
+        lambda node: _without_markers(node.params) if _is_marker(node) else node,
+        tree,
+        is_leaf=_is_marker,
+    )
 
 
 def apply_learning_rates(updates: PyTree) -> PyTree:
@@ -163,6 +186,7 @@ def apply_learning_rates(updates: PyTree) -> PyTree:
       >>> jax.tree_util.tree_leaves(apply_learning_rates(params))
       [0.5, 0.0, 1.0]
     """
+    check_rates_fit(updates, "apply_learning_rates")
     return _map_with_rates(lambda u, rate: u if rate == 1.0 else rate * u, updates)
 
 
@@ -240,49 +264,130 @@ def scale_by_learning_rates() -> ScaleByLearningRates:
 
 
 def _check_rate(rate: Any, where: str, allow_zero: bool = True) -> float:
-    """`rate` as a Python float, or an error naming `where`, the value and the fix."""
+    """`rate` as a Python float, or an error naming `where`, the value and the fix.
+
+    Any real scalar is a rate: a Python int or float (or `fractions.Fraction`),
+    and a NumPy or JAX scalar or 0-d array of any integer or floating dtype,
+    `bfloat16` and other ML dtypes included."""
     fix = "pass a finite number >= 0, e.g. 0.1 (0 freezes the layer, 1 leaves it)"
-    if isinstance(rate, bool) or not isinstance(
-        rate, (numbers.Real, np.ndarray, np.generic, jax.Array)
-    ):
+    if isinstance(rate, (bool, np.bool_)):
         raise TypeError(f"{where}: rate must be a real number, got {rate!r}; {fix}.")
+    if isinstance(rate, numbers.Real) and not isinstance(rate, np.generic):
+        value = float(rate)  # Python numbers (NumPy scalars are checked below)
+    elif isinstance(rate, (np.ndarray, np.generic, jax.Array)):
+        value = _scalar_value(rate, where, fix)
+    else:
+        raise TypeError(f"{where}: rate must be a real number, got {rate!r}; {fix}.")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = "finite and >= 0" if allow_zero else "finite and > 0"
+        extra = "" if allow_zero else " (use FrozenParams / Frozen for rate 0)"
+        raise ValueError(
+            f"{where}: rate must be {expected}, got {value!r}; {fix}{extra}."
+        )
+    return value
+
+
+def _scalar_value(rate: Any, where: str, fix: str) -> float:
+    """A NumPy / JAX scalar or 0-d array of a real dtype, as a Python float."""
     try:
-        value = np.asarray(rate)
+        array = np.asarray(rate)
     except jax.errors.TracerArrayConversionError:
         raise TypeError(
             f"{where}: rate is a traced value ({rate!r}); the rate is part of the "
             f"network's structure, so pass a concrete number, not one under jit "
             f"or grad."
         ) from None
-    if value.ndim != 0:
+    if array.ndim != 0:
         raise ValueError(
-            f"{where}: rate must be a scalar, got an array of shape {value.shape}; "
+            f"{where}: rate must be a scalar, got an array of shape {array.shape}; "
             f"wrap each layer that needs its own rate in its own LearningRate."
         )
+    # `jnp.issubdtype` knows the ML dtypes (bfloat16, float8_*), which NumPy
+    # does not count as floating.
     if not (
-        np.issubdtype(value.dtype, np.integer)
-        or np.issubdtype(value.dtype, np.floating)
+        jnp.issubdtype(array.dtype, jnp.integer)
+        or jnp.issubdtype(array.dtype, jnp.floating)
     ):
         raise TypeError(
-            f"{where}: rate must be a real number, got dtype {value.dtype}; {fix}."
+            f"{where}: rate must be a real number, got dtype {array.dtype}; {fix}."
         )
-    rate = float(value)
-    if not math.isfinite(rate) or rate < 0 or (rate == 0 and not allow_zero):
-        expected = "finite and >= 0" if allow_zero else "finite and > 0"
-        extra = "" if allow_zero else " (use FrozenParams / Frozen for rate 0)"
+    return float(array)
+
+
+def check_rate_fits(rate: float, dtype: Any, where: str) -> None:
+    """Raise if `rate` is not a normal number of `dtype` (the kernel's, or the
+    parameter's): above the largest, the kernels would be `inf` / NaN; below
+    the smallest, the layer's term would round to zero. Rates 0 and 1 and
+    non-floating dtypes always pass.
+
+    Example:
+      >>> check_rate_fits(1e30, "float32", "here")
+      >>> check_rate_fits(1e39, "float32", "LearningRate(Dense, 1e+39)")
+      ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+      Traceback (most recent call last):
+        ...
+      ValueError: LearningRate(Dense, 1e+39): the learning rate 1e+39 is beyond
+      the range of float32 (normal numbers from 1.18e-38 to 3.4e+38), so the
+      kernel would hold inf or NaN. Rates count ...
+    """
+    dtype = jnp.dtype(dtype)
+    if rate in (0.0, 1.0) or not jnp.issubdtype(dtype, jnp.inexact):
+        return
+    info = jnp.finfo(dtype)
+    big = rate > float(info.max)
+    if big or rate < float(info.smallest_normal):
+        what = "hold inf or NaN" if big else "round this layer's term to zero"
         raise ValueError(
-            f"{where}: rate must be {expected}, got {rate!r}; {fix}{extra}."
+            f"{where}: the learning rate {rate:g} is beyond the range of {dtype} "
+            f"(normal numbers from {float(info.smallest_normal):.3g} to "
+            f"{float(info.max):.3g}), so the kernel would {what}. Rates count "
+            f"relative to the base learning rate: divide every rate by one "
+            f"factor and multiply the base learning rate (or the training time) "
+            f'by it, or compute in float64 (jax.config.update("jax_enable_x64", '
+            f"True), float64 inputs and parameters)."
         )
-    return rate
 
 
-def propagate_ntk_rated(kernel_fn: Callable, k: Any, rate: float, **kwargs) -> Any:
+def check_rates_fit(params: PyTree, where: str) -> None:
+    """:func:`check_rate_fits` for every leaf of `params` at its effective
+    rate (the product of the markers above it) and in its own dtype; the
+    error names the leaf (`params[2].params[0]`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> check_rates_fit([RatedParams(jnp.ones(2), 1e30)], "here")
+      >>> check_rates_fit([RatedParams(RatedParams(jnp.ones(2), 1e20), 1e20)],
+      ...                 "here")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: here: params[0].params.params: the learning rate 1e+40 is ...
+    """
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    rates = jax.tree_util.tree_leaves(learning_rates(params))
+    for (path, leaf), rate in zip(paths, rates):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None:
+            check_rate_fits(rate, dtype, f"{where}: params{jax.tree_util.keystr(path)}")
+
+
+def propagate_ntk_rated(
+    kernel_fn: Callable,
+    k: Any,
+    rate: float,
+    *,
+    where: str = "propagate_ntk_rated",
+    **kwargs,
+) -> Any:
     """Apply `kernel_fn` to `k` with its own parameter term scaled by `rate`.
 
     `k` is a `Kernel` or a pytree of them (layers with several inputs). Every
     field of the result but `ntk` is exactly `kernel_fn(k)`'s; the NTK is
-    `L(ntk_in) + rate * P(nngp_in)`.
+    `L(ntk_in) + rate * P(nngp_in)`. A rate outside the range of the NTK's
+    dtype raises (naming `where`) before any work.
     """
+    for ntk in ntks(k):  # before any work: a rate the kernel's dtype can't hold
+        if ntk is not None:
+            check_rate_fits(rate, ntk.dtype, where)
     pair = ntk_jvp(kernel_fn, k, at_zero=True, **kwargs)
     if pair is None:  # NTK not requested (get='nngp').
         return kernel_fn(k, **kwargs)
@@ -294,7 +399,9 @@ def propagate_ntk_rated(kernel_fn: Callable, k: Any, rate: float, **kwargs) -> A
 
 
 @layer
-def _rated(init_fn: Callable, apply_fn: Callable, kernel_fn: Callable, rate: float):
+def _rated(
+    init_fn: Callable, apply_fn: Callable, kernel_fn: Callable, rate: float, name: str
+):
     def rated_init_fn(rng, input_shape):
         output_shape, params = init_fn(rng, input_shape)
         return output_shape, rate_params(params, rate)
@@ -302,13 +409,58 @@ def _rated(init_fn: Callable, apply_fn: Callable, kernel_fn: Callable, rate: flo
     def rated_apply_fn(params, inputs, **kwargs):
         # True values and true gradients: the rate acts on training and on
         # kernels, through the marker, not on the function.
+        check_rate_marker(params, rate, name)
         return apply_fn(rated_values(params), inputs, **kwargs)
 
     @requires(**get_req(kernel_fn, {}))
     def rated_kernel_fn(k, **kwargs):
-        return propagate_ntk_rated(kernel_fn, k, rate, **kwargs)
+        return propagate_ntk_rated(kernel_fn, k, rate, where=name, **kwargs)
 
     return rated_init_fn, rated_apply_fn, rated_kernel_fn
+
+
+def check_rate_marker(params: PyTree, rate: float, where: str) -> None:
+    """Raise unless `params` carry the marker `LearningRate(layer, rate)` gives.
+
+    A `Frozen` layer needs no marker to be right: its `apply_fn` stops the
+    gradients itself, so every Jacobian of its parameters is zero whatever
+    they are marked (the marker only spares the work). A rate cannot act in
+    the function like that (a gradient scaled in `apply_fn` would scale the
+    training steps a second time), so it lives in the marker alone, and
+    parameters without it (a checkpoint of the unrated network, say) would
+    silently give every empirical kernel and rated optimizer rate 1.
+
+    Example:
+      >>> check_rate_marker(RatedParams({"W": 1.0}, 2.0), 2.0, "here")
+      >>> check_rate_marker((), 2.0, "here")  # no parameters, nothing to rate
+      >>> check_rate_marker({"W": 1.0}, 2.0, "LearningRate(Dense, 2)")
+      ... # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      ValueError: LearningRate(Dense, 2): its parameters carry no learning-rate ...
+    """
+    if is_rated(params) and params.rate == rate:
+        return
+    if not has_leaves(params):
+        return
+    fix = (
+        "mark them as this network's init_fn does: "
+        "params = nt_frozen.freeze_like(params, init_fn(key, x.shape)[1])"
+    )
+    if is_rated(params):
+        raise ValueError(
+            f"{where}: its parameters are marked with rate {params.rate:g} "
+            f"(RatedParams), but this layer trains at rate {rate:g}: the "
+            f"empirical kernels would use {params.rate:g}. They come from another "
+            f"network; {fix}."
+        )
+    raise ValueError(
+        f"{where}: its parameters carry no learning-rate marker (RatedParams, "
+        f"rate={rate:g}; got {type(params).__name__}), so every empirical kernel "
+        f"and rated optimizer would train them at rate "
+        f"{0 if is_frozen(params) else 1}. They probably come from a network "
+        f"without this LearningRate (a checkpoint of the unrated network?); {fix}."
+    )
 
 
 def LearningRate(layer: Layer, rate: float) -> Layer:  # noqa: N802 (stax CamelCase)
@@ -356,7 +508,10 @@ def LearningRate(layer: Layer, rate: float) -> Layer:  # noqa: N802 (stax CamelC
         return Frozen(layer)
     if rate == 1.0:
         return layer
-    rated = _rated(init_fn, apply_fn, kernel_fn, rate)
+    label = f"LearningRate({name}, {rate:g})"
+    r_init, r_apply, r_kernel = _rated(init_fn, apply_fn, kernel_fn, rate, label)
+    # `get` checked before any work (NT's bare KeyError comes after it).
+    rated = r_init, r_apply, checked_get_kernel_fn(r_kernel, label)
     # Name after the wrapped layer (`LearningRate(Dense, 0.1)`), for labels
     # and tracebacks.
     for fn, original in zip(rated, (init_fn, apply_fn, kernel_fn)):

@@ -12,6 +12,8 @@ import pytest
 
 from nt_frozen import (
     Frozen,
+    FrozenParams,
+    LearningRate,
     check_params,
     empirical_kernel_fn,
     empirical_ntk_decomposition,
@@ -24,6 +26,7 @@ from nt_frozen import (
     stax,
 )
 from nt_frozen.dynamics import compare_dynamics, train_ensemble
+from nt_frozen.testing import rel_err
 
 X = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
 
@@ -83,6 +86,28 @@ def test_check_params_names_the_first_mismatch(other, match):
     init_fn = stax.serial(*layers())[0]
     with pytest.raises(ValueError, match=match):
         check_params(init_fn, params_of(other), X.shape)
+
+
+def _rated_layers(rate):
+    return [*layers()[:4], LearningRate(stax.Dense(1, b_std=0.1), rate)]
+
+
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (layers(), r"params\[4\] carries no learning-rate marker, but the network "),
+        (_rated_layers(3.0), r"params\[4\] is marked with rate 3, the network trains"),
+    ],
+    ids=["unrated", "other-rate"],
+)
+def test_check_params_names_missing_or_other_rate_markers(other, match):
+    init_fn = stax.serial(*_rated_layers(2.0))[0]
+    with pytest.raises(ValueError, match=match) as info:
+        check_params(init_fn, params_of(other), X.shape)
+    assert "freeze_like(params, init_fn(key, x.shape)[1])" in str(info.value)
+    check_params(init_fn, params_of(_rated_layers(2.0)), X.shape)
+    with pytest.raises(ValueError, match=r"params\[4\] is marked with rate 2"):
+        check_params(stax.serial(*layers())[0], params_of(_rated_layers(2.0)), X.shape)
 
 
 def test_empirical_functions_reject_parameters_that_do_not_run():
@@ -249,3 +274,85 @@ def test_test_inputs_must_have_the_training_inputs_shape():
             init_fn, apply_fn, _never_called, X, jnp.ones((4, 1)), X[:2, :2], [1.0],
             jax.random.PRNGKey(0), 2,
         )  # fmt: skip
+
+
+# nt_frozen.stax: get checked first, one params entry per layer ---------------------
+
+
+def _raising_nngp(*args):
+    raise AssertionError("the kernel was computed before `get` was checked")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda e: stax.serial(stax.Dense(4), e),
+        lambda e: stax.parallel(stax.Dense(4), e),
+        lambda e: Frozen(stax.serial(stax.Dense(4), e)),
+        lambda e: LearningRate(stax.serial(stax.Dense(4), e), 2.0),
+        lambda e: stax.repeat(stax.serial(stax.Dense(3), e), 2),
+    ],
+    ids=["serial", "parallel", "Frozen", "LearningRate", "repeat"],
+)
+def test_analytic_get_typo_names_the_valid_names_before_any_work(make):
+    """NT looked `get` up after computing the kernel: a bare KeyError('ntkk')."""
+    never = make(stax.Elementwise(jnp.tanh, _raising_nngp))
+    x = X if "parallel" not in str(never[2].__name__) else [X, X]
+    for get in ("ntkk", ("nngp", "ntkk"), 3):
+        with pytest.raises(ValueError, match=r"get=.* not a kernel name") as info:
+            never[2](x, None, get)
+        assert "'nngp', 'ntk', 'cov1'" in str(info.value)
+    with pytest.raises(ValueError, match="ntkk"):
+        never[2](x, None, get="ntkk")
+    # Valid names give NT's own kernels (neural_tangents.stax, unguarded).
+    net = make(stax.Erf())
+    raw = nt.stax.serial(nt.stax.Dense(4), nt.stax.Erf())
+    if "parallel" in net[2].__name__ or "repeat" in net[2].__name__:
+        return
+    k = net[2](X, None, ("nngp", "ntk"))
+    np.testing.assert_array_equal(k.nngp, raw[2](X, None, "nngp"))
+    assert k.ntk.shape == (4, 4)
+
+
+@pytest.mark.parametrize("implementation", [None, 1])
+def test_shallower_params_through_serial_raise_everywhere(x64, implementation):
+    """NT's serial zips layers with params: the parameters of
+    serial(Dense, Relu) ran through serial(Dense, Relu, Dense) as the first two
+    layers' output, and empirical_ntk_fn returned that network's NTK. Through
+    nt_frozen.stax they raise; this network's own params still give NT
+    implementation 1's kernel."""
+    x = X.astype(jnp.float64)  # float64 like the parameters
+    net = [stax.Dense(8, b_std=0.1), stax.Relu(), stax.Dense(8, b_std=0.1)]
+    init_fn, apply_fn, _ = stax.serial(*net, stax.Relu(), LearningRate(net[2], 1.0))
+    shallow = params_of(net)
+    deeper = params_of([*net, stax.Relu(), net[2], stax.Relu()])
+    ntk_fn = empirical_ntk_fn(apply_fn, implementation=implementation)
+    for params, got in ((shallow, "3 entries"), (deeper, "6 entries")):
+        for call in (
+            lambda p: apply_fn(p, x),
+            lambda p: ntk_fn(x, None, p),
+            lambda p: empirical_kernel_fn(apply_fn)(x, None, "nngp", p),
+        ):
+            with pytest.raises(ValueError, match=f"params has {got}, but the ne"):
+                call(params)
+    params = params_of([*net, stax.Relu(), net[2]])
+    raw = nt.stax.serial(
+        nt.stax.Dense(8, b_std=0.1), nt.stax.Relu(), nt.stax.Dense(8, b_std=0.1)
+    )
+    reference = nt.empirical_ntk_fn(
+        nt.stax.serial(raw, nt.stax.Relu(), nt.stax.Dense(8, b_std=0.1))[1],
+        implementation=1,
+    )
+    nested = (tuple(params[:3]), params[3], params[4])
+    assert rel_err(ntk_fn(x, None, params), reference(x, None, nested)) < 1e-12
+    # The limit: NT's own serial (neural_tangents.stax) still truncates.
+    assert raw[1](shallow[:2], x).shape == (4, 8)
+
+
+def test_shallower_params_of_an_inner_serial_raise_under_frozen():
+    inner = [stax.Dense(8), stax.Relu(), stax.Dense(2)]
+    init_fn, apply_fn, _ = stax.serial(Frozen(stax.serial(*inner)), stax.Dense(1))
+    params = params_of([Frozen(stax.serial(*inner)), stax.Dense(1)])
+    shallow_inner = (FrozenParams(params[0].params[:2]), params[1])
+    with pytest.raises(ValueError, match="serial apply_fn: params has 2 entries"):
+        apply_fn(shallow_inner, X)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nt_frozen import Frozen, FrozenParams, nt, stax
+from nt_frozen import Frozen, FrozenParams, LearningRate, nt, stax
 from nt_frozen.testing import (
     LAYER_CASES,
     assert_same_fields_but_ntk,
@@ -540,6 +541,28 @@ def test_multi_input_output_layers():
 def test_bad_input_errors(bad, error, match):
     with pytest.raises(error, match=match):
         Frozen(bad)
+
+
+@pytest.mark.parametrize(
+    "fn, wrap", [(jnp.tanh, Frozen), (jnp.tanh, LearningRate), (jax.nn.relu, Frozen)]
+)
+def test_a_plain_function_gets_a_stax_layer_that_exists(fn, wrap):
+    """`Frozen(jnp.tanh)` suggested `stax.tanh(...)`, which does not exist:
+    every `stax.X` the message names exists, and the suggested layer computes
+    the function given."""
+    with pytest.raises(TypeError) as info:
+        wrap(fn) if wrap is Frozen else wrap(fn, 0.5)
+    message = str(info.value)
+    named = re.findall(r"stax\.(\w+)\(", message)
+    assert named and all(callable(getattr(stax, name, None)) for name in named)
+    x = jnp.linspace(-2.0, 2.0, 7).reshape(1, 7)
+    suggested = named[0]
+    if suggested == "ElementwiseNumerical":
+        layer = stax.ElementwiseNumerical(fn, deg=25)
+    else:
+        layer = getattr(stax, suggested)()
+    assert f"{wrap.__name__}(stax.{suggested}(" in message
+    np.testing.assert_allclose(layer[1]((), x), fn(x), rtol=1e-6, atol=1e-6)
 
 
 # --- Every stax layer after a trainable block -----------------------------------

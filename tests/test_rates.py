@@ -18,8 +18,10 @@ reference.
 
 from __future__ import annotations
 
+import fractions
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,11 @@ from nt_frozen import (
     FrozenParams,
     LearningRate,
     RatedParams,
+    apply_learning_rates,
+    empirical_kernel_fn,
     empirical_ntk_decomposition,
     empirical_ntk_fn,
+    freeze_like,
     learning_rates,
     merge,
     nt,
@@ -582,3 +587,172 @@ def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
         )
         ratio = dynamics_agreement(ensemble, control).residual_rms / right.residual_rms
         assert ratio.max() > 2.0, (wrong, ratio)
+
+
+# --- Rates of any real dtype, their range, their markers ------------------------
+
+
+@pytest.mark.parametrize(
+    "rate",
+    [
+        jnp.bfloat16(0.5),
+        np.asarray(0.5, jnp.bfloat16),
+        jnp.float16(0.5),
+        np.float32(0.5),
+        jnp.asarray(0.5),  # a 0-d array
+        np.asarray(0.5, np.float64),
+        np.int8(2),
+        jnp.uint8(2),
+        fractions.Fraction(1, 2),
+    ],
+    ids=lambda r: f"{type(r).__name__}-{getattr(r, 'dtype', '')}",
+)
+def test_real_scalars_of_any_dtype_are_rates(x64, rate):
+    """Any real scalar is a rate, with the value of the Python float it holds:
+    the kernel equals the closed form `plain.ntk + (rate - 1) * plain.nngp` of
+    a rated readout (its own term is the output NNGP)."""
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    readout = stax.Dense(1, W_std=1.5, b_std=0.5)
+    pre = (stax.Dense(16), stax.Relu())
+    layer = LearningRate(readout, rate)
+    assert layer[2].__name__ == f"LearningRate(Dense, {float(rate):g})"
+    rated = stax.serial(*pre, layer)
+    plain = jax.jit(stax.serial(*pre, readout)[2])(x, None)
+    expected = plain.ntk + (float(rate) - 1.0) * plain.nngp
+    assert rel_err(_ntk(rated[2], x), expected) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "rate, error, match",
+    [
+        (np.complex64(0.5), TypeError, "real number, got dtype complex64"),
+        (jnp.asarray(0.5 + 0.5j), TypeError, "real number, got dtype complex"),
+        (np.bool_(True), TypeError, "real number"),
+        (jnp.bfloat16(-0.5), ValueError, "finite and >= 0, got -0.5"),
+        (np.float32("nan"), ValueError, "finite and >= 0, got nan"),
+        (jnp.asarray([0.5]), ValueError, "scalar, got an array of shape"),
+        (np.asarray(0.5, object), TypeError, "real number, got dtype object"),
+    ],
+)
+def test_scalars_that_are_not_rates_are_rejected(rate, error, match):
+    with pytest.raises(error, match=match) as info:
+        LearningRate(stax.Dense(3), rate)
+    assert "LearningRate(Dense" in str(info.value)
+
+
+def _rated_readout(rate):
+    return stax.serial(
+        stax.Dense(8, b_std=0.1), stax.Relu(), LearningRate(stax.Dense(1), rate)
+    )
+
+
+@pytest.mark.parametrize("rate, what", [(1e39, "inf or NaN"), (1e-50, "to zero")])
+def test_rate_beyond_the_dtype_range_raises_before_any_kernel(rate, what):
+    """In float32, 1e39 overflows every rated term (the kernel was inf / NaN)
+    and 1e-50 underflows it (the layer silently frozen): analytic, empirical
+    (both paths) and gradient-descent updates raise, naming the layer or leaf,
+    the rate, the dtype and the fix."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    init_fn, apply_fn, kernel_fn = _rated_readout(rate)
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    label = f"LearningRate(Dense, {rate:g})"
+    fix = "divide every rate by one factor"
+    with pytest.raises(ValueError, match=re.escape(label)) as info:
+        kernel_fn(x, None, "ntk")
+    for text in (f"{rate:g}", "float32", what, fix):
+        assert text in str(info.value)
+    calls = {
+        "empirical_ntk_fn": lambda: empirical_ntk_fn(apply_fn)(x, None, params),
+        "empirical_ntk_fn ": lambda: empirical_ntk_fn(apply_fn, implementation=1)(
+            x, None, params
+        ),
+        "apply_learning_rates": lambda: apply_learning_rates(params),
+    }
+    for where, call in calls.items():
+        with pytest.raises(ValueError, match=re.escape(where.strip())) as info:
+            call()
+        for text in ("params[2].params[0]", f"{rate:g}", "float32", fix):
+            assert text in str(info.value)
+    # get="nngp" does not use the rate.
+    np.testing.assert_array_equal(
+        kernel_fn(x, None, "nngp"), _rated_readout(1.0)[2](x, None, "nngp")
+    )
+
+
+def test_large_rate_is_exact_in_float64(x64):
+    """The same rate fits float64: the kernel is finite and the closed form."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    rated = _rated_readout(1e39)[2](x, None)
+    plain = _rated_readout(1.0)[2](x, None)
+    assert rated.ntk.dtype == jnp.float64
+    assert rel_err(rated.ntk, plain.ntk + (1e39 - 1.0) * plain.nngp) < 1e-12
+
+
+def _jacrev_ntk(apply_fn, params, x, rates):
+    """sum_leaf rate_leaf J_leaf J_leaf^T by jax.jacrev over the leaves of
+    `params` (plain NT apply_fn, no markers): the independent reference."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    jac = jax.jacrev(
+        lambda ls: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)[:, 0]
+    )(leaves)
+    return sum(
+        rate * j.reshape(len(x), -1) @ j.reshape(len(x), -1).T
+        for rate, j in zip(rates, jac)
+    )
+
+
+@pytest.mark.parametrize("implementation", [None, 1, 2])
+def test_params_without_rate_markers_raise_and_marked_ones_are_right(
+    x64, implementation
+):
+    """A checkpoint of the unrated network gave the rated network's empirical
+    NTK without the rate (here 2 J_3 J_3^T counted once): now it raises, and
+    the same values re-marked with `freeze_like` give the jacrev reference."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    layers = (stax.Dense(8, b_std=0.1), stax.Relu(), stax.Dense(1, b_std=0.2))
+    init_fn, apply_fn, _ = stax.serial(*layers[:2], LearningRate(layers[2], 2.0))
+    plain_init, plain_apply, _ = stax.serial(*layers)
+    _, checkpoint = plain_init(jax.random.PRNGKey(1), x.shape)
+    ntk_fn = empirical_ntk_fn(apply_fn, implementation=implementation)
+    for call in (
+        lambda p: ntk_fn(x, None, p),
+        lambda p: empirical_kernel_fn(apply_fn, implementation=implementation)(
+            x, None, "ntk", p
+        ),
+        lambda p: apply_fn(p, x),
+    ):
+        with pytest.raises(ValueError, match="no learning-rate marker") as info:
+            call(checkpoint)
+        assert "LearningRate(Dense, 2)" in str(info.value)
+        assert "freeze_like" in str(info.value)
+    # Another rate's marker is caught too.
+    other = stax.serial(*layers[:2], LearningRate(layers[2], 3.0))[0]
+    _, other_params = other(jax.random.PRNGKey(1), x.shape)
+    with pytest.raises(ValueError, match="marked with rate 3"):
+        ntk_fn(x, None, other_params)
+
+    like = init_fn(jax.random.PRNGKey(2), x.shape)[1]
+    marked = freeze_like(checkpoint, like)
+    reference = _jacrev_ntk(plain_apply, checkpoint, x, [1, 1, 2, 2])
+    assert rel_err(ntk_fn(x, None, marked), reference) < 1e-12
+    unrated = _jacrev_ntk(plain_apply, checkpoint, x, [1, 1, 1, 1])
+    assert rel_err(unrated, reference) > 0.05  # what the markers change
+
+
+def test_learning_rates_are_plain_floats_without_markers():
+    dense = functools.partial(stax.Dense, b_std=0.1)
+    init_fn, _, _ = stax.serial(
+        LearningRate(dense(3), np.float32(0.5)),
+        stax.Relu(),
+        LearningRate(stax.serial(dense(3), Frozen(dense(3)), dense(1)), 4.0),
+        dense(1),
+    )
+    _, params = init_fn(jax.random.PRNGKey(0), (1, 4))
+    rates = learning_rates(params)
+    assert rates == [(0.5, 0.5), (), [(4.0, 4.0), (0.0, 0.0), (4.0, 4.0)], (1.0, 1.0)]
+    leaves = jax.tree_util.tree_leaves(
+        rates, is_leaf=lambda n: isinstance(n, (RatedParams, FrozenParams))
+    )
+    assert all(type(rate) is float for rate in leaves)
+    # Leaf order is that of the parameters (what the empirical path zips).
+    assert len(leaves) == len(jax.tree_util.tree_leaves(params))
