@@ -262,8 +262,8 @@ def test_targets_are_checked_before_any_expensive_work(y, match):
         )  # fmt: skip
     with pytest.raises(ValueError, match="train_ensemble: .*" + match):
         train_ensemble(
-            init_fn, apply_fn, X, y, X[:2], [1.0], jax.random.PRNGKey(0), 2,
-            np.eye(4),
+            init_fn, apply_fn, X, y, X[:2], [1.0], np.eye(4), jax.random.PRNGKey(0),
+            2,
         )  # fmt: skip
 
 

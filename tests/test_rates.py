@@ -518,7 +518,7 @@ def test_gradient_descent_is_rated_for_a_linear_model():
     unit = stiffest_mode_time(k_dd, Y_TRAIN.size)
     ts = [0.5 * unit, 3.0 * unit]
     data = (X_TRAIN, Y_TRAIN, X_TEST)
-    ens = train_ensemble(init_fn, apply_fn, *data, ts, key, 2, k_dd, step_fraction=0.01)
+    ens = train_ensemble(init_fn, apply_fn, *data, ts, k_dd, key, 2, step_fraction=0.01)
     member, f0_train, f0_test = ens.test[0], ens.train_0[0], ens.test_0[0]
 
     def nt_at(k_dd, k_td, t):

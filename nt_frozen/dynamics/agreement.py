@@ -16,7 +16,12 @@ from nt_frozen.dynamics.prediction import (
     analytic_prediction,
     linearized_members,
 )
-from nt_frozen.dynamics.training import EnsemblePredictions, train_ensemble
+from nt_frozen.dynamics.schedule import check_times
+from nt_frozen.dynamics.training import (
+    EnsemblePredictions,
+    check_key_and_members,
+    train_ensemble,
+)
 
 
 class DynamicsAgreement(NamedTuple):
@@ -101,7 +106,7 @@ def dynamics_agreement(
       >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:3] + 0.5, [0.5, jnp.inf]
       >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
       >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...                      jax.random.PRNGKey(1), 8, p.ntk_train_train)
+      ...                      p.ntk_train_train, jax.random.PRNGKey(1), 8)
       >>> dynamics_agreement(ens, p).agrees(width=256).tolist()
       [True, True]
     """
@@ -152,7 +157,8 @@ def compare_dynamics(
     the analytic NTK) and :func:`dynamics_agreement` for one network.
 
     `train_kwargs` go to :func:`train_ensemble` (`step_fraction`, `inf_tol`,
-    `inf_step_fraction`, `member_batch_size`, `return_train`).
+    `inf_step_fraction`, `member_batch_size`, `return_train`, and `progress`:
+    a bar over the gradient steps, on by default, shown from 2 s on).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -171,6 +177,8 @@ def compare_dynamics(
     # Before the analytic kernels: a target that does not fit the network
     # (e.g. broadcast over outputs) fails now, not after the expensive work.
     check_targets(init_fn, apply_fn, x_train, y_train, x_test, "compare_dynamics")
+    check_times(ts, "compare_dynamics")
+    check_key_and_members(key, n_members, "compare_dynamics")
     prediction = analytic_prediction(
         kernel_fn, x_train, y_train, x_test, ts, learning_rate
     )
@@ -181,10 +189,10 @@ def compare_dynamics(
         y_train,
         x_test,
         ts,
+        prediction.ntk_train_train,
         key,
         n_members,
-        prediction.ntk_train_train,
-        learning_rate,
+        learning_rate=learning_rate,
         **train_kwargs,
     )
     return ensemble, prediction, dynamics_agreement(ensemble, prediction)

@@ -48,6 +48,78 @@ class GDSchedule(NamedTuple):
     recorded: np.ndarray
 
 
+def check_times(ts: ArrayLike, name: str = "gd_schedule") -> np.ndarray:
+    """`ts` as a 1-D float64 array, or a `ValueError` naming what is wrong:
+    times are a scalar or 1-D, non-negative, non-decreasing (`inf` last).
+
+    Example:
+      >>> check_times([0.5, float("inf")]).tolist()
+      [0.5, inf]
+      >>> check_times(np.eye(2))
+      Traceback (most recent call last):
+      ...
+      ValueError: gd_schedule: ts must be a scalar or 1-D sequence of times, ...
+    """
+    array = np.asarray(ts)
+    if array.ndim > 1:
+        raise ValueError(
+            f"{name}: ts must be a scalar or 1-D sequence of times, got an array "
+            f"of shape {array.shape} (is it the NTK? times come first, then "
+            f"ntk_train_train)."
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{name}: ts must be numbers, got {array.dtype} {ts!r}.")
+    times = array.astype(np.float64).reshape(-1)
+    if not times.size:
+        raise ValueError(f"{name}: ts is empty: ask for at least one time.")
+    if np.any(np.isnan(times)) or np.any(times < 0) or np.any(times[1:] < times[:-1]):
+        raise ValueError(
+            f"{name}: ts must be non-negative and non-decreasing (inf only at "
+            f"the end), got {times.tolist()}."
+        )
+    return times
+
+
+def check_ntk_train_train(
+    ntk_train_train: ArrayLike, n_train: int | None = None, name: str = "gd_schedule"
+) -> np.ndarray:
+    """The train-train NTK as a float64 `(n, n)` array, or a `ValueError`:
+    square, finite, and `(n_train, n_train)` when `n_train` is given.
+
+    Example:
+      >>> check_ntk_train_train(np.eye(3), n_train=3).shape
+      (3, 3)
+      >>> check_ntk_train_train([0.5, 1.0])
+      Traceback (most recent call last):
+      ...
+      ValueError: gd_schedule: ntk_train_train must be a square ... got shape (2,) ...
+    """
+    ntk = np.asarray(ntk_train_train)
+    want = "(n_train, n_train)" if n_train is None else f"({n_train}, {n_train})"
+    if ntk.ndim != 2 or ntk.shape[0] != ntk.shape[1] or ntk.shape[0] == 0:
+        hint = (
+            " (are they the times? times come first, then ntk_train_train)"
+            if ntk.ndim <= 1
+            else ""
+        )
+        raise ValueError(
+            f"{name}: ntk_train_train must be a square {want} matrix, got shape "
+            f"{ntk.shape}{hint}."
+        )
+    if n_train is not None and ntk.shape[0] != n_train:
+        raise ValueError(
+            f"{name}: ntk_train_train has shape {ntk.shape}, but there are "
+            f"{n_train} training points: pass the {want} kernel of x_train "
+            f"(e.g. kernel_fn(x_train, None, 'ntk'))."
+        )
+    if not np.issubdtype(ntk.dtype, np.number):
+        raise ValueError(f"{name}: ntk_train_train must be numbers, got {ntk.dtype}.")
+    ntk = ntk.astype(np.float64)
+    if not np.isfinite(ntk).all():
+        raise ValueError(f"{name}: ntk_train_train has NaN or infinite entries.")
+    return ntk
+
+
 def stiffest_mode_time(
     ntk_train_train: ArrayLike, y_size: int, learning_rate: float = 1.0
 ) -> float:
@@ -110,12 +182,20 @@ def gd_schedule(
       >>> s.recorded.tolist()
       [True, True, False, True]
     """
-    ts = np.asarray(ts, np.float64).reshape(-1)
-    if not ts.size:
-        raise ValueError("ts is empty: ask for at least one time.")
-    if np.any(np.isnan(ts)) or np.any(ts < 0) or np.any(ts[1:] < ts[:-1]):
-        raise ValueError(f"ts must be non-negative and non-decreasing, got {ts}.")
-    eigs = np.linalg.eigvalsh(np.asarray(ntk_train_train, np.float64))
+    ts = check_times(ts)
+    ntk = check_ntk_train_train(ntk_train_train)
+    if not (isinstance(y_size, (int, np.integer)) and y_size >= 1):
+        raise ValueError(
+            f"gd_schedule: y_size must be a positive integer (y_train.size), got "
+            f"{y_size!r}."
+        )
+    if y_size % ntk.shape[0]:
+        raise ValueError(
+            f"gd_schedule: y_size={y_size} is not a multiple of the "
+            f"{ntk.shape[0]} training points of ntk_train_train: pass "
+            f"y_train.size, (n_train * outputs)."
+        )
+    eigs = np.linalg.eigvalsh(ntk)
     lam_max, lam_min = float(eigs[-1]), float(eigs[0])
     if not lam_max > 0:
         raise ValueError(

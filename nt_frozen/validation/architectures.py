@@ -45,6 +45,8 @@ class Architecture:
         standard parameterization (the NTK scales with the width) and for a
         builder whose hyperparameters (e.g. `W_std`) depend on it; hence off
         unless declared, and tested for every built-in that declares it.
+      width_label: what `layer_width` counts, as the report names it:
+        "width" (hidden units) or "channels" (a CNN).
 
     Example:
       >>> from nt_frozen import stax
@@ -62,6 +64,7 @@ class Architecture:
     width_divisor: int = 1
     controls: Mapping[str, Builder] | None = None
     kernel_width_free: bool = False
+    width_label: str = "width"
 
     @property
     def has_controls(self) -> bool:
@@ -251,6 +254,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             (4, 4, 4, 2),
             width_divisor=4,
             kernel_width_free=True,
+            width_label="channels",
         ),
         Architecture(
             "residual-frozen-branch",

@@ -13,6 +13,8 @@ interrupted sweep from there.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import datetime
 import importlib.util
 import os
@@ -22,12 +24,16 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 DEFAULT_WIDTHS = (128, 512, 2048)
 DEFAULT_SAMPLES = 16
+DEFAULT_INPUT_SHAPE = (8, 16)
+# `jax.default_matmul_precision`'s names, full precision first.
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 # A sweep on the CPU compiles a few dozen small programs per architecture set
 # (each parameter shape's random draw, each width's NTK), and LLVM's
@@ -134,11 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
         "exact path, see nt_frozen/structured.py)",
     )
     validate.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="highest",
+        help="JAX's default matmul precision for the sweep (default highest: "
+        "full float32 products; 'default' lets a GPU use TF32 and a TPU "
+        "bfloat16, whose ~1e-3 rounding would count as finite-width error)",
+    )
+    validate.add_argument(
         "--input-shape",
         type=_int_list,
-        default=[8, 16],
+        default=None,
         metavar="SHAPE",
-        help="input shape for MODULE:FUNCTION architectures (default 8,16)",
+        help=f"input shape (batch first) for MODULE:FUNCTION architectures "
+        f"(default {','.join(map(str, DEFAULT_INPUT_SHAPE))}); built-in "
+        f"architectures have their own",
     )
     validate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr"
@@ -182,6 +198,7 @@ def _metadata(args: argparse.Namespace, argv: Sequence[str], device) -> dict[str
         "samples": args.samples,
         "seed": args.seed,
         "implementation": args.implementation,
+        "matmul_precision": args.matmul_precision,
     }
 
 
@@ -195,6 +212,46 @@ def _check_writable(out: Path) -> None:
             f"nt-frozen validate: --out {out}: cannot write there ({e}); choose a "
             f"writable folder."
         ) from None
+
+
+def _check_counts(args: argparse.Namespace, widths: Sequence[int]) -> None:
+    """--samples and --widths, checked before anything is loaded or computed
+    (the library checks them too, but speaks of its own arguments)."""
+    if args.samples < 2:
+        raise SystemExit(
+            f"nt-frozen validate: --samples {args.samples}: must be at least 2 "
+            f"(the noise of the kernel is estimated from the draws)."
+        )
+    if len(widths) < 2:
+        raise SystemExit(
+            f"nt-frozen validate: --widths {' '.join(map(str, widths))}: need at "
+            f"least 2 distinct positive widths to fit the error's slope, e.g. "
+            f"--widths {' '.join(map(str, DEFAULT_WIDTHS))}."
+        )
+
+
+# NT warns on every FanIn layer at trace time; the sweep's verdict checks the
+# kernel such a layer gives, so the warning is reported, not acted on.
+FAN_IN_NOTE = "the sweep's verdict checks the kernel of each network with such layers"
+
+
+@contextlib.contextmanager
+def _warnings_after():
+    """Hold the warnings raised inside (a warning printed while a tqdm bar
+    redraws breaks the bar's line) and print each distinct one once on
+    stderr afterwards, with how often it came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # count repeats; they are merged below
+        try:
+            yield
+        finally:
+            counts: collections.Counter = collections.Counter(
+                (w.category.__name__, str(w.message)) for w in caught
+            )
+            for (category, message), count in counts.items():
+                times = f" ({count} times)" if count > 1 else ""
+                note = f" [{FAN_IN_NOTE}]" if "FanIn" in message else ""
+                print(f"{category}{times}: {message}{note}", file=sys.stderr)
 
 
 def _compile_faster_on_cpu(device: str) -> bool:
@@ -233,34 +290,55 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         save_sweep_figure,
         write_json_atomic,
     )
-    from nt_frozen.validation.sweep import run_validation
+    from nt_frozen.validation.sweep import CheckpointError, run_validation
 
     if args.list_archs:
         for arch in ARCHITECTURES.values():
             print(f"{arch.name:<26} {arch.description}")
         return 0
     widths = sorted({w for group in (args.widths or [DEFAULT_WIDTHS]) for w in group})
+    _check_counts(args, widths)
+    specs = list(args.arch or ARCHITECTURES)
+    built_in = [spec for spec in specs if spec in ARCHITECTURES]
+    if args.input_shape is not None and built_in:
+        raise SystemExit(
+            f"nt-frozen validate: --input-shape {','.join(map(str, args.input_shape))}"
+            f": applies to MODULE:FUNCTION architectures only, and "
+            f"{', '.join(built_in)} "
+            f"{'is a built-in' if len(built_in) == 1 else 'are built-ins'} with "
+            f"its own input shape. Drop --input-shape, or sweep only your own "
+            f"networks (--arch MODULE:FUNCTION)."
+        )
+    input_shape = tuple(args.input_shape or DEFAULT_INPUT_SHAPE)
     try:
-        archs = [
-            load_architecture(spec, tuple(args.input_shape))
-            for spec in (args.arch or ARCHITECTURES)
-        ]
+        archs = [load_architecture(spec, input_shape) for spec in specs]
     except (ValueError, ImportError, AttributeError, FileNotFoundError) as e:
         raise SystemExit(f"nt-frozen validate: --arch: {e}") from None
 
     _check_writable(args.out)  # before the sweep, not after it
     checkpoint = args.out / "widths"
+    saved = sorted(checkpoint.glob("*.json"))
+    if saved and not args.resume:
+        raise SystemExit(
+            f"nt-frozen validate: --out {args.out} holds {len(saved)} saved "
+            f"width(s) of an earlier sweep (in {checkpoint}): rerun with --resume "
+            f"to continue it, or delete {checkpoint} (or choose another --out) to "
+            f"start afresh."
+        )
     device = _select_device(args.device)
     meta = _metadata(args, argv, device)
     print(
         f"nt-frozen validate: {len(archs)} architecture(s), widths "
         f"{' '.join(map(str, widths))}, {args.samples} draws per width, "
-        f"{meta['dtype']} on {meta['device']['kind']} ({device})"
+        f"{meta['dtype']} on {meta['device']['kind']} ({device}), matmul "
+        f"precision {args.matmul_precision}"
     )
     from tqdm.auto import tqdm
 
+    labels = {a.name: a.width_label for a in archs}
     start = time.perf_counter()
     with (
+        _warnings_after(),  # printed once each, below the bar, not through it
         jax.default_device(device),
         tqdm(
             total=len(archs) * len(widths),
@@ -272,7 +350,7 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     ):
 
         def progress(name: str, width: int) -> None:
-            bar.set_postfix_str(f"{name} n={width}")
+            bar.set_postfix_str(f"{name} {labels[name]} {width}")
             bar.update(1)
 
         try:
@@ -285,12 +363,10 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 progress,
                 checkpoint,
                 args.resume,
+                args.matmul_precision,
             )
-        except ValueError as e:  # bad settings, or widths that cannot resume
-            raise SystemExit(
-                f"nt-frozen validate: {e} (--samples, --widths, --resume and "
-                f"--out set these)"
-            ) from None
+        except CheckpointError as e:  # saved widths that cannot be resumed
+            raise SystemExit(f"nt-frozen validate: --resume: {e}") from None
         except KeyboardInterrupt:
             bar.close()
             print(

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from nt_frozen.validation.statistics import ArchitectureResult, Comparison
+from nt_frozen.validation.statistics import (
+    MAX_SCORE,
+    MIN_SLOPE_TOLERANCE,
+    SLOPE_SIGMAS,
+    ArchitectureResult,
+    Comparison,
+)
 
 
 def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
@@ -36,6 +42,9 @@ def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
     # kill between write and replace) is never read as finished.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); give it the mode `open`
+        # would have, 0666 less the umask.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -45,6 +54,13 @@ def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def finite_or_null(value: Any) -> Any:
@@ -63,6 +79,20 @@ def finite_or_null(value: Any) -> Any:
     return value
 
 
+# What the table's numbers are (printed above it).
+TABLE_LEGEND = (
+    "What the numbers are: relative Frobenius errors ||K_emp - K||_F / ||K||_F",
+    "of empirical NTKs against the analytic NTK K, for each drawn network",
+    "(single draw) and for the mean over the draws (MC mean; MC SE: its",
+    "standard error). score = ||mean - K||_F / sqrt(SE^2 + bias^2), O(1) for",
+    f"the right kernel. The analytic NTK PASSes with score <= {MAX_SCORE:g} at the",
+    "largest width and a log-log slope of the RMS single-draw error within",
+    f"max({SLOPE_SIGMAS:g} SE, {MIN_SLOPE_TOLERANCE:g}) of the expected -0.50 "
+    "(error ~ width^-1/2);",
+    "each control (a wrong kernel) must FAIL.",
+)
+
+
 def _quantiles(errors):
     return np.quantile(np.asarray(errors), [0.25, 0.5, 0.75])
 
@@ -78,20 +108,21 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
       ['PASS', 'toy']
     """
 
-    lines = []
+    lines = list(TABLE_LEGEND)
     for r in results:
         f = r.frozen
+        label = r.width_label
         lines += [
             "",
             f"{r.name}: {r.description}",
-            f"  {'width':>6}  {'single draw: median [q25, q75]':<31}"
+            f"  {label:>8}  {'single draw: median [q25, q75]':<31}"
             f"{'MC mean':>8}  {'MC SE':>6}  {'score':>5}",
         ]
         for i, n in enumerate(f.widths):
             e = f.single_draw_errors[i]
             q25, med, q75 = (float(v) for v in _quantiles(e))
             lines.append(
-                f"  {n:>6}  {med:.4f} [{q25:.4f}, {q75:.4f}]{'':<8}"
+                f"  {n:>8}  {med:.4f} [{q25:.4f}, {q75:.4f}]{'':<8}"
                 f"{f.mean_errors[i]:>8.4f}  {f.standard_errors[i]:>6.4f}"
                 f"  {f.scores[i]:>5.1f}"
             )
@@ -99,16 +130,16 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
             (f"{name.replace('_', ' ')} (control)", c, "FAIL")
             for name, c in r.controls.items()
         ]
-        for label, c, expected in rows:
+        for row, c, expected in rows:
             if isinstance(c, Comparison):
                 ok = "" if c.verdict == expected else f"  <- expected {expected}"
                 lines.append(
-                    f"  {label:<26} slope {c.slope:+.2f} ± {c.slope_se:.2f}   "
-                    f"score {c.scores[-1]:6.1f} at n={c.widths[-1]}   "
+                    f"  {row:<26} slope {c.slope:+.2f} ± {c.slope_se:.2f}   "
+                    f"score {c.scores[-1]:6.1f} at {label} {c.widths[-1]}   "
                     f"{c.verdict}{ok}"
                 )
             else:
-                lines.append(f"  {label:<26} not scored: {c}")
+                lines.append(f"  {row:<26} not scored: {c}")
     lines.append("")
     for r in results:
         controls = [

@@ -188,6 +188,8 @@ class ArchitectureResult:
     frozen: Comparison
     controls: dict[str, Comparison | str]  # a string: why it was not scored
     seconds: float
+    # What the widths count: "width" (hidden units) or "channels" (a CNN).
+    width_label: str = "width"
 
     @property
     def ok(self) -> bool:
@@ -203,6 +205,7 @@ class ArchitectureResult:
         return {
             "name": self.name,
             "description": self.description,
+            "width_label": self.width_label,
             "frozen": self.frozen.to_json(),
             "controls": {
                 k: v.to_json() if isinstance(v, Comparison) else {"skipped": v}

@@ -3,6 +3,7 @@ saved as each width finishes and resumed from what was saved."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -30,6 +31,11 @@ from nt_frozen.validation.statistics import (
 # Controls closer than this (relative) to the frozen kernel are the same kernel
 # (e.g. the identity guess for a frozen *first* layer, whose input NTK is 0).
 SAME_KERNEL_RTOL = 1e-6
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be resumed (or must not be overwritten);
+    its own class so that a caller can tell it from errors of the sweep."""
 
 
 def empirical_draws_fn(
@@ -197,6 +203,9 @@ def sweep_settings(
         "seed": seed,
         "implementation": implementation,
         "dtype": jnp.zeros(()).dtype.name,  # float64 under jax_enable_x64
+        # TF32 (GPU) or bfloat16 (TPU) products differ by ~1e-3 relative: a
+        # width computed under another precision is another sweep.
+        "matmul_precision": jax.config.values["jax_default_matmul_precision"],
         "device_kind": getattr(device, "device_kind", device.platform),
         "versions": package_versions(),
     }
@@ -213,7 +222,7 @@ def _load_width(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         saved = json.loads(path.read_text())
         saved_settings = saved["settings"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot read the saved width {path} ({e}); delete it to recompute "
             f"that width."
         ) from None
@@ -223,7 +232,7 @@ def _load_width(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         if saved_settings.get(k) != settings[k]
     ]
     if differ:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resume from {path.parent}: its widths were computed with "
             f"other settings ({'; '.join(differ)}). Rerun with the saved "
             f"settings, or write to another folder."
@@ -300,7 +309,12 @@ def sweep_architecture(
         else:
             controls[name] = compare(layer_widths, draws, analytic[name], seed)
     return ArchitectureResult(
-        arch.name, arch.description, frozen, controls, time.perf_counter() - start
+        arch.name,
+        arch.description,
+        frozen,
+        controls,
+        time.perf_counter() - start,
+        arch.width_label,
     )
 
 
@@ -313,6 +327,7 @@ def run_validation(
     progress: Callable[[str, int], None] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    matmul_precision: str | None = "highest",
 ) -> list[ArchitectureResult]:
     """Sweep every architecture over `widths` with `samples` draws per width.
 
@@ -322,7 +337,14 @@ def run_validation(
     reads the widths saved there instead of recomputing them (the draws are
     the same: each width's key is derived from `seed`), and refuses a folder
     saved under other settings; without it, a folder holding saved widths is
-    refused rather than overwritten.
+    refused rather than overwritten (:class:`CheckpointError`, a
+    `ValueError`).
+
+    The work runs under `jax.default_matmul_precision(matmul_precision)`:
+    by default "highest", full float32 products, since a GPU's TF32 or a TPU's
+    bfloat16 products (JAX's "default" there) add ~1e-3 relative rounding that
+    the sweep would count as finite-width error. `None` keeps the caller's
+    setting; `sweep_settings` records the one used.
 
     Example:
       >>> from nt_frozen.validation import ARCHITECTURES, run_validation
@@ -344,6 +366,35 @@ def run_validation(
     architectures = list(architectures)
     if not architectures:
         raise ValueError("architectures is empty: pass at least one.")
+    precision = (
+        contextlib.nullcontext()
+        if matmul_precision is None
+        else jax.default_matmul_precision(matmul_precision)
+    )
+    with precision:
+        return _sweep(
+            architectures,
+            widths,
+            samples,
+            seed,
+            implementation,
+            progress,
+            checkpoint,
+            resume,
+        )
+
+
+def _sweep(
+    architectures: list[Architecture],
+    widths: list[int],
+    samples: int,
+    seed: int,
+    implementation: int | None,
+    progress: Callable[[str, int], None] | None,
+    checkpoint: str | Path | None,
+    resume: bool,
+) -> list[ArchitectureResult]:
+    """`run_validation` after its checks, under its matmul precision."""
     key = jax.random.PRNGKey(seed)
     folder = None if checkpoint is None else Path(checkpoint)
     settings = sweep_settings(architectures, samples, seed, implementation)
@@ -351,7 +402,7 @@ def run_validation(
         folder.mkdir(parents=True, exist_ok=True)
         saved = sorted(folder.glob("*.json"))
         if saved and not resume:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {folder} holds {len(saved)} saved width(s) of an "
                 f"earlier sweep: resume it (resume=True), or delete the folder to "
                 f"start afresh."

@@ -47,9 +47,9 @@ def test_converged_mean_is_kernel_regression_and_members_are_linearized():
         Y_TRAIN,
         X_TEST,
         [math.inf],
+        prediction.ntk_train_train,
         jax.random.PRNGKey(1),
         2,
-        prediction.ntk_train_train,
     )
     linearized = np.asarray(linearized_members(ensemble, prediction), np.float64)
     for m in range(2):

@@ -42,3 +42,26 @@ def test_schedule_lands_on_requested_times_with_bounded_steps():
 def test_schedule_refuses_what_it_cannot_do(ts, ntk, match):
     with pytest.raises(ValueError, match=match):
         gd_schedule(ts, ntk, y_size=2)
+
+
+def test_swapped_times_and_kernel_are_named_not_printed_as_times():
+    ntk, ts = np.array([[3.0, 1.0], [1.0, 2.0]]), [0.5, 1.0]
+    with pytest.raises(ValueError, match=r"ts must be a scalar or 1-D .*\(2, 2\).*NTK"):
+        gd_schedule(ntk, ts, y_size=2)
+    with pytest.raises(ValueError, match=r"ntk_train_train must be a square .*\(2,\)"):
+        gd_schedule(ts, ts, y_size=2)
+
+
+@pytest.mark.parametrize(
+    "ntk, y_size, match",
+    [
+        (np.ones((2, 3)), 2, r"square .* got shape \(2, 3\)"),
+        (np.array([[1.0, np.nan], [np.nan, 1.0]]), 2, "NaN or infinite"),
+        (np.eye(2), 3, "y_size=3 is not a multiple of the 2 training points"),
+        (np.eye(2), 0, "y_size must be a positive integer"),
+        (np.eye(2), 2.0, "y_size must be a positive integer"),
+    ],
+)
+def test_schedule_checks_the_kernel_and_y_size(ntk, y_size, match):
+    with pytest.raises(ValueError, match=match):
+        gd_schedule([1.0], ntk, y_size=y_size)

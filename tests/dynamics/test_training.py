@@ -50,9 +50,9 @@ def test_time_convention_is_nt_s_for_an_exactly_linear_model():
         Y_TRAIN_3,
         X_TEST,
         ts,
+        k_dd,
         key,
         2,
-        k_dd,
         learning_rate=lr,
         step_fraction=step_fraction,
         return_train=True,
@@ -98,10 +98,76 @@ def test_training_compiles_nothing_new_for_new_times_and_keys():
                 Y_TRAIN,
                 X_TEST,
                 ts,
+                ntk,
                 jax.random.PRNGKey(seed),
                 3,
-                ntk,
             )
     finally:
         recording[0] = False
     assert compiles == []
+
+
+def test_arguments_in_the_old_or_a_wrong_order_are_named_before_any_work():
+    """Times, then the kernel, then key and members: the pre-0.1.0 order
+    (ts, key, n_members, ntk) fails naming the kernel, before training."""
+    init_fn, apply_fn, _ = _mlp(8, CASES["frozen_middle"])
+    data = (X_TRAIN, Y_TRAIN, X_TEST)
+    key, ntk = jax.random.PRNGKey(0), np.eye(N_TRAIN)
+    with pytest.raises(ValueError, match=r"ntk_train_train must be a square .*\(2,\)"):
+        train_ensemble(init_fn, apply_fn, *data, [1.0], key, 2, ntk)
+    with pytest.raises(ValueError, match=r"ts must be a scalar or 1-D .*NTK"):
+        train_ensemble(init_fn, apply_fn, *data, ntk, [1.0], key, 2)
+    with pytest.raises(ValueError, match=f"{N_TRAIN} training points"):
+        train_ensemble(init_fn, apply_fn, *data, [1.0], np.eye(3), key, 2)
+    with pytest.raises(ValueError, match="key must be a PRNG key"):
+        train_ensemble(init_fn, apply_fn, *data, [1.0], ntk, 2, key)
+    with pytest.raises(ValueError, match="n_members must be a positive integer"):
+        train_ensemble(init_fn, apply_fn, *data, [1.0], ntk, key, 0)
+
+
+class _RecordingBar:
+    """Stands in for tqdm.tqdm: records the total and every update."""
+
+    bars: list = []
+
+    def __init__(self, total=None, **kwargs):
+        self.total, self.updates = total, []
+        _RecordingBar.bars.append(self)
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("member_batch_size", [None, 2])
+def test_progress_bar_counts_every_step_of_every_member(monkeypatch, member_batch_size):
+    """The bar reaches n_members x steps (also when `lax.map` vmaps a batch
+    of members), in several updates, not one at the end; progress=False makes
+    no bar."""
+    import tqdm
+
+    import nt_frozen.dynamics.training as training
+    from nt_frozen.dynamics import gd_schedule
+
+    monkeypatch.setattr(tqdm, "tqdm", _RecordingBar)
+    # A report every 4 steps (4 members x 23 steps / 20): segments of 15 and 8
+    # steps end between reports, and their last steps must still count.
+    monkeypatch.setattr(training, "PROGRESS_UPDATES", 20)
+    _RecordingBar.bars = []
+    init_fn, apply_fn, _ = _mlp(8, CASES["frozen_middle"])
+    ntk, ts = np.eye(N_TRAIN), [3.0, 4.5]
+    steps = int(gd_schedule(ts, ntk, Y_TRAIN.size).n_steps.sum())
+    assert steps == 23
+    kwargs = dict(member_batch_size=member_batch_size)
+    args = (init_fn, apply_fn, X_TRAIN, Y_TRAIN, X_TEST, ts, ntk)
+    train_ensemble(*args, jax.random.PRNGKey(0), 4, **kwargs)
+    [bar] = _RecordingBar.bars
+    assert bar.total == 4 * steps and sum(bar.updates) == 4 * steps
+    assert len(bar.updates) > 8  # 4 members x 2 segments, and within segments
+    train_ensemble(*args, jax.random.PRNGKey(0), 4, progress=False, **kwargs)
+    assert len(_RecordingBar.bars) == 1

@@ -110,8 +110,8 @@ def test_user_module_by_import_name(tmp_path, monkeypatch, capsys):
         (["--arch", "mlp"], "unknown architecture 'mlp'"),
         (["--arch", "no_such_module_xyz:f"], "no module named 'no_such_module_xyz'"),
         (["--arch", "missing.py:f"], "no file missing.py"),
-        (["--widths", "128"], "need at least 2 distinct positive widths"),
-        (["--samples", "1"], "samples=1: must be at least 2"),
+        (["--widths", "128"], "--widths 128: need at least 2 distinct positive"),
+        (["--samples", "1"], "--samples 1: must be at least 2"),
         (["--device", "tpu"], "--device tpu: JAX sees no TPU"),
     ],
 )
@@ -255,3 +255,187 @@ def test_arch_module_not_on_the_import_path_suggests_the_file(tmp_path, monkeypa
     assert "not on Python's import path" in message
     assert message.startswith("nt-frozen validate: --arch")
     assert "the file instead, nets_in_cwd.py:good" in message
+
+
+def _no_sweep(*args, **kwargs):
+    raise AssertionError("the sweep ran; the CLI should have refused first")
+
+
+def test_saved_widths_without_resume_name_the_flag_before_any_work(
+    tmp_path, monkeypatch
+):
+    import nt_frozen.validation.sweep
+
+    monkeypatch.setattr(nt_frozen.validation.sweep, "run_validation", _no_sweep)
+    (tmp_path / "widths").mkdir()
+    (tmp_path / "widths" / "00-mlp-frozen-last-n64.json").write_text("{}")
+    argv = ["validate", *SMALL, "--arch", "mlp-frozen-last", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value)
+    assert "rerun with --resume" in message and "resume=True" not in message
+    assert "1 saved width(s)" in message and "--samples" not in message
+
+
+def test_resume_under_other_settings_says_resume_and_which_setting(tmp_path):
+    from nt_frozen.validation import run_validation
+
+    def stop(name, width):
+        raise KeyboardInterrupt
+
+    arch = ARCHITECTURES["mlp-frozen-last"]
+    with pytest.raises(KeyboardInterrupt):  # one width saved, as the CLI saves it
+        run_validation(
+            [arch], [4, 8], 2, 0, progress=stop, checkpoint=tmp_path / "widths"
+        )
+    argv = ["validate", "--widths", "4", "8", "--samples", "2", "--no-progress"]
+    argv += ["--arch", "mlp-frozen-last", "--out", str(tmp_path), "--resume"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--seed", "1"])
+    message = str(exit_info.value)
+    assert message.startswith("nt-frozen validate: --resume: cannot resume")
+    assert "seed 0 (saved) vs 1 (now)" in message and "--samples" not in message
+
+
+def test_errors_of_the_sweep_itself_get_no_flag_hints(tmp_path, monkeypatch):
+    """A ValueError from inside the sweep (e.g. a user's network) is not
+    about --samples or --out: it propagates as it is."""
+    import nt_frozen.validation.sweep
+
+    def broken(*args, **kwargs):
+        raise ValueError("shapes (3, 4) and (5, 6) do not match")
+
+    monkeypatch.setattr(nt_frozen.validation.sweep, "run_validation", broken)
+    argv = ["validate", *SMALL, "--arch", "mlp-frozen-last", "--out", str(tmp_path)]
+    with pytest.raises(
+        ValueError, match=r"^shapes \(3, 4\) and \(5, 6\) do not match$"
+    ):
+        main(argv)
+
+
+def test_input_shape_for_a_built_in_is_refused_before_any_work(tmp_path, monkeypatch):
+    import nt_frozen.validation.sweep
+
+    monkeypatch.setattr(nt_frozen.validation.sweep, "run_validation", _no_sweep)
+    argv = ["validate", *SMALL, "--out", str(tmp_path), "--input-shape", "4,8"]
+    with pytest.raises(SystemExit, match="--input-shape 4,8: applies to MODULE"):
+        main([*argv, "--arch", "mlp-frozen-last"])
+    with pytest.raises(SystemExit, match="are built-ins"):  # all of them, by default
+        main(argv)
+    assert not (tmp_path / "widths").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn_and_residual_run(tmp_path_factory):
+    """One tiny sweep (2 samples, widths 8 and 16) with the progress bar on:
+    what it prints, writes, and the matmul precision each width saw."""
+    import contextlib
+    import io
+
+    import jax
+
+    import nt_frozen.validation.sweep
+
+    draws_fn = nt_frozen.validation.sweep.empirical_draws_fn
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(jax.config.values["jax_default_matmul_precision"])
+        return draws_fn(*args, **kwargs)
+
+    out = tmp_path_factory.mktemp("tiny") / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["validate", "--widths", "8", "16", "--samples", "2", "--out", str(out)]
+    argv += ["--arch", "cnn-frozen-conv-block", "--arch", "residual-frozen-branch"]
+    previous = os.umask(0o022)
+    try:
+        with (
+            pytest.MonkeyPatch.context() as monkeypatch,
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            monkeypatch.setattr(
+                nt_frozen.validation.sweep, "empirical_draws_fn", recording
+            )
+            code = main(argv)
+    finally:
+        os.umask(previous)
+    return {
+        "code": code,
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+        "out": out,
+        "report": json.loads((out / "validation.json").read_text()),
+        "seen": seen,
+    }
+
+
+def test_sweep_runs_at_highest_matmul_precision_and_records_it(
+    tiny_cnn_and_residual_run,
+):
+    run = tiny_cnn_and_residual_run
+    assert run["code"] in (0, 1), run["stdout"]
+    assert run["seen"] == ["highest"] * 4  # 2 architectures x 2 widths
+    assert run["report"]["matmul_precision"] == "highest"
+    assert "matmul precision highest" in run["stdout"]
+    assert jax_precision_now() is None  # the context ended with the sweep
+
+
+def jax_precision_now():
+    import jax
+
+    return jax.config.values["jax_default_matmul_precision"]
+
+
+def test_matmul_precision_option_reaches_the_sweep(tmp_path, monkeypatch):
+    import jax
+
+    import nt_frozen.validation.sweep
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(jax.config.values["jax_default_matmul_precision"])
+        raise KeyboardInterrupt  # enough: the precision of the first width
+
+    monkeypatch.setattr(nt_frozen.validation.sweep, "empirical_draws_fn", recording)
+    argv = ["validate", "--widths", "4", "8", "--samples", "2", "--no-progress"]
+    argv += ["--arch", "mlp-frozen-last", "--out", str(tmp_path)]
+    assert main([*argv, "--matmul-precision", "default"]) == 130
+    assert seen == ["default"]
+
+
+def test_json_is_world_readable_like_the_png(tiny_cnn_and_residual_run):
+    import stat
+
+    out = tiny_cnn_and_residual_run["out"]
+    modes = {
+        stat.S_IMODE((out / name).stat().st_mode)
+        for name in ("validation.json", "validation.png")
+    }
+    assert modes == {0o644}
+
+
+def test_cnn_rows_count_channels_everywhere(tiny_cnn_and_residual_run):
+    run = tiny_cnn_and_residual_run
+    cnn, residual = (
+        run["stdout"]
+        .split("\ncnn-frozen-conv-block: ")[1]
+        .split("\nresidual-frozen-branch: ")
+    )
+    assert "  channels  single draw" in cnn and "at channels 4 " in cnn
+    assert " width" not in cnn and "n=" not in cnn
+    assert "     width  single draw" in residual and "at width 16 " in residual
+    assert "cnn-frozen-conv-block channels 4" in run["stderr"]  # the bar's postfix
+    [arch, _] = run["report"]["architectures"]
+    assert arch["width_label"] == "channels"
+    assert [w["width"] for w in arch["frozen"]["per_width"]] == [2, 4]
+
+
+def test_warnings_are_printed_once_after_the_progress_bar(tiny_cnn_and_residual_run):
+    """NT's FanIn warning (the residual block) must not break the bar's line."""
+    stderr = tiny_cnn_and_residual_run["stderr"]
+    assert stderr.count("`FanIn` layers assume independent inputs") == 1
+    warning_at = stderr.index("UserWarning")
+    assert "100%" in stderr[:warning_at] and "sweep:" not in stderr[warning_at:]
+    assert "the sweep's verdict checks the kernel" in stderr[warning_at:]

@@ -97,6 +97,11 @@ def test_resume_refuses_other_settings_and_unresumed_reuse(tmp_path):
         ({"seed": 1}, "seed 0 (saved) vs 1 (now)"),
         ({"samples": 4}, "samples 3 (saved) vs 4 (now)"),
         ({"implementation": 1}, "implementation None (saved) vs 1 (now)"),
+        # TF32 / bfloat16 rounding must not mix into a full-precision sweep.
+        (
+            {"matmul_precision": "default"},
+            "matmul_precision 'highest' (saved) vs 'default' (now)",
+        ),
     ):
         settings = {"samples": 3, "seed": 0} | kwargs
         with pytest.raises(ValueError, match=f"other settings.*{re.escape(named)}"):
