@@ -65,5 +65,11 @@ def test_readme_has_the_blocks_ci_uses():
     recipe = ci.block(text, "pip-recipe")
     assert "pip install --no-deps neural-tangents==0.6.5" in recipe
     assert "tqdm" in recipe and "matplotlib" in recipe  # nt-frozen validate's
+    # The recipe installs pyproject's dependencies (NT without its own).
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)
+    declared = set(re.findall(r'^\s*"([^"]+)",', deps.group(1), re.M))
+    installed = set(re.findall(r'"([^"]+)"', recipe))
+    assert declared - {"neural-tangents==0.6.5"} <= installed, declared - installed
     i, j = ci._span(text, "ci-matrix")
     assert "| point | Python | JAX | tests | wall time |" in text[i:j]
