@@ -22,8 +22,11 @@ Importing this module, once per process, does exactly this:
      ``jax.interpreters.ad`` and ``jax.core`` with the names NT's structured
      derivatives (``empirical_ntk_fn`` implementation 3) read at run time
      (``source_info_util``, ``reducing_transposes``, ``DShapedArray``, a
-     ``config`` that skips NT's own ``jax_enable_checks`` assertion) and,
-     where JAX has the ``FlatTree`` contract, a ``linearize`` with the old one;
+     ``config`` that skips NT's own ``jax_enable_checks`` assertion), where
+     JAX has the ``FlatTree`` contract a ``linearize`` with the old one, and
+     where some primitives transpose only into accumulators (``slice``,
+     ``dynamic_slice``, ``gather``: every ``lax.scan``, so ``stax.repeat``) a
+     ``get_primitive_transpose`` that gives those rules the old contract;
    - ``neural_tangents._src.empirical._get_flops``: accepts the dict that
      ``Compiled.cost_analysis()`` returns now (``implementation=0``, AUTO);
    - ``neural_tangents._src.predict.gradient_descent_mse`` (also
@@ -252,6 +255,44 @@ def _flops(f, optimize: bool, *args, **kwargs) -> float:
     return analysis["flops"]
 
 
+def _fancy_transpose(rule):
+    """An accumulator-style transpose `rule` with the old contract.
+
+    After jax 0.6.2 some primitives (`slice`, `dynamic_slice`, ... inside every
+    `lax.scan`, hence every `stax.repeat`) have only a transpose that adds
+    into accumulators (`ad.fancy_transposes`); NT's structured derivatives
+    call `ad.get_primitive_transpose(p)(ct, *invals, **params)` and read the
+    returned cotangents.
+    """
+    from jax._src.interpreters import ad as src_ad
+
+    def transpose(cts_in, *invals, **params):
+        accums = [
+            src_ad.ValAccum(x.aval.to_ct_aval())
+            if isinstance(x, src_ad.UndefinedPrimal)
+            else x
+            for x in invals
+        ]
+        rule(cts_in, *accums, **params)
+        return [
+            a.freeze() if isinstance(a, src_ad.ValAccum) else None for a in accums
+        ]
+
+    return transpose
+
+
+def _get_primitive_transpose(primitive):
+    """`ad.get_primitive_transpose`, also for accumulator-only transposes."""
+    from jax._src.interpreters import ad as src_ad
+
+    if primitive in src_ad.primitive_transposes:
+        return src_ad.primitive_transposes[primitive]
+    fancy = getattr(src_ad, "fancy_transposes", {})
+    if primitive in fancy and not primitive.call_primitive:
+        return _fancy_transpose(fancy[primitive])
+    return src_ad.get_primitive_transpose(primitive)  # raises NT's error
+
+
 def _adapt_structured_derivatives() -> None:
     """Let `empirical_ntk_fn` implementations 3 and 0 (AUTO) run on new JAX.
 
@@ -275,6 +316,8 @@ def _adapt_structured_derivatives() -> None:
             # JAX's own checks still run.
             config=types.SimpleNamespace(jax_enable_checks=False),
         )
+        if getattr(src_ad, "fancy_transposes", None):
+            names["get_primitive_transpose"] = _get_primitive_transpose
         # After jax 0.6.2 (0.10 has it) `ad.linearize(traceable, primals_ft:
         # FlatTree)` replaced `ad.linearize(WrappedFun, *primals, has_aux)`.
         if "primals_ft" in inspect.signature(ad.linearize).parameters:

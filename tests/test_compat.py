@@ -9,7 +9,9 @@ every supported Python and the declared-minimum JAX):
   `test_experimental_explains_itself`;
 - NT's `ad`/`core` views (linearize contract, `FlatTree`, consts as invars,
   `DShapedArray`, `source_info_util`, `map_primitive`) and `_get_flops`:
-  `test_all_empirical_ntk_implementations_agree`; the checks-off `config`:
+  `test_all_empirical_ntk_implementations_agree`; accumulator-only transposes
+  (`slice`, `dynamic_slice`, `gather`, as in every `stax.repeat`):
+  `test_implementations_agree_through_slices_and_scan`; the checks-off `config`:
   `test_structured_derivatives_under_jax_enable_checks`;
 - `gradient_descent_mse`: `test_gradient_descent_mse_under_jit`;
 - SciPy's `eigvalsh`: `test_max_learning_rate_is_the_stability_limit`;
@@ -82,6 +84,51 @@ def test_all_empirical_ntk_implementations_agree(capsys):
     for impl in (2, 3, 0):
         np.testing.assert_allclose(results[impl], results[1], rtol=2e-5, atol=1e-6)
     assert np.abs(results[1]).max() > 0
+
+
+def _sliced_apply(params, x):
+    w, v = params
+    h = jnp.tanh(x @ w[:, 1:])  # slice of a weight
+    h = h @ jax.lax.dynamic_slice(v, (1, 0), (4, 2))
+    return jnp.take(h, jnp.array([1, 0]), axis=1)  # gather
+
+
+def _repeat_net():
+    block = stax.serial(stax.Relu(), stax.Dense(8))
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Dense(8), stax.repeat(block, 2), stax.Dense(1)
+    )
+    _, params = init_fn(jax.random.PRNGKey(4), (3, 4))
+    return apply_fn, params
+
+
+@pytest.mark.parametrize("net", ["repeat", "slices"])
+def test_implementations_agree_through_slices_and_scan(net):
+    """After jax 0.6.2 `slice`, `dynamic_slice` (`lax.scan`, so `stax.repeat`)
+    and `gather` transpose only into accumulators; implementations 3 and 0
+    (AUTO) still run and agree with the Jacobian contraction."""
+    if net == "repeat":
+        apply_fn, params = _repeat_net()
+        x1 = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+        x2 = jax.random.normal(jax.random.PRNGKey(1), (2, 4))
+    else:
+        apply_fn = _sliced_apply
+        params = (
+            jax.random.normal(jax.random.PRNGKey(0), (3, 5)),
+            jax.random.normal(jax.random.PRNGKey(1), (6, 2)),
+        )
+        x1 = jax.random.normal(jax.random.PRNGKey(2), (3, 3))
+        x2 = jax.random.normal(jax.random.PRNGKey(3), (2, 3))
+    for args in ((x1, None), (x1, x2)):
+        reference = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=1)(
+            *args, params
+        )
+        assert np.abs(reference).max() > 0
+        for impl in (3, 0):
+            kernel = nt.empirical_ntk_fn(
+                apply_fn, trace_axes=(), implementation=impl
+            )(*args, params)
+            np.testing.assert_allclose(kernel, reference, rtol=2e-5, atol=1e-6)
 
 
 def test_empirical_kernel_fn_and_monte_carlo_run():

@@ -30,6 +30,31 @@ def test_every_package_lists_its_exports():
         assert not missing, (package.__name__, missing)
 
 
+# What `help(nt_frozen)` must point a new user at, one line each.
+ENTRY_POINTS = (
+    "Frozen", "LearningRate", "empirical_ntk_fn", "empirical_kernel_fn",
+    "monte_carlo_kernel_fn", "ntk_decomposition", "empirical_ntk_decomposition",
+    "split", "merge", "labels", "freeze_like", "check_params", "learning_rates",
+    "scale_by_learning_rates", "compare_dynamics", "train_ensemble",
+)  # fmt: skip
+
+
+def test_package_docstring_lists_the_entry_points():
+    """`help(nt_frozen)` names each main entry point at a line's start, with a
+    one-line description, and each is exported; and names the CLI."""
+    doc = inspect.getdoc(nt_frozen) or ""
+    described = {
+        name.strip()
+        for line in doc.splitlines()
+        if ":" in line and not line.lstrip().startswith(">>>")
+        for name in line.split(":", 1)[0].replace(",", "/").split("/")
+    }
+    missing = [n for n in ENTRY_POINTS if n not in described]
+    assert not missing, f"help(nt_frozen) does not list {missing}"
+    assert set(ENTRY_POINTS) <= set(nt_frozen.__all__)
+    assert "nt-frozen validate" in doc
+
+
 @pytest.mark.parametrize(
     "package, name", EXPORTS, ids=[f"{p.__name__}.{n}" for p, n in EXPORTS]
 )
