@@ -25,6 +25,7 @@ from nt_frozen.empirical import (
     monte_carlo_kernel_fn,
 )
 from nt_frozen.frozen import Frozen, is_frozen_layer, propagate_ntk_linearly
+from nt_frozen.kernels import kernel_matrix
 from nt_frozen.params import (
     FrozenParams,
     freeze_like,
@@ -78,6 +79,7 @@ __all__ = [
     "frozen_values",
     "is_frozen",
     "is_frozen_layer",
+    "kernel_matrix",
     "nt",
     "ntk_decomposition",
     "propagate_ntk_linearly",
