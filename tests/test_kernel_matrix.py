@@ -141,9 +141,15 @@ def test_empirical_kernel_fn_with_params(x64):
     _, params = init_fn(jax.random.PRNGKey(2), x1.shape)
     kfn = empirical_kernel_fn(apply_fn)
     for b in (None, x2):
-        k = kernel_matrix(kfn, x1, b, "ntk", params=params, block_size=4, progress=False)
+        k = kernel_matrix(
+            kfn, x1, b, "ntk", params=params, block_size=4, progress=False
+        )
         partial = kernel_matrix(
-            functools.partial(kfn, params=params), x1, b, "ntk", block_size=4,
+            functools.partial(kfn, params=params),
+            x1,
+            b,
+            "ntk",
+            block_size=4,
             progress=False,
         )
         ref = kfn(x1, b, "ntk", params)
@@ -155,10 +161,12 @@ def test_store_round_trip_resume_and_refusals(tmp_path):
     _, _, kernel_fn = _mlp()
     x = _inputs(10, (5,))
     store = tmp_path / "k"
-    first = kernel_matrix(kernel_fn, x, None, ("nngp", "ntk"), block_size=4,
-                          store=store, progress=False)
-    plain = kernel_matrix(kernel_fn, x, None, ("nngp", "ntk"), block_size=4,
-                          progress=False)
+    first = kernel_matrix(
+        kernel_fn, x, None, ("nngp", "ntk"), block_size=4, store=store, progress=False
+    )
+    plain = kernel_matrix(
+        kernel_fn, x, None, ("nngp", "ntk"), block_size=4, progress=False
+    )
     for name in ("nngp", "ntk"):
         on_disk = np.load(store / f"{name}.npy", mmap_mode="r")
         np.testing.assert_array_equal(on_disk, getattr(plain, name))
@@ -172,8 +180,15 @@ def test_store_round_trip_resume_and_refusals(tmp_path):
         arr[4:8, 4:8] = np.nan
         arr.flush()
     calls = []
-    again = kernel_matrix(kernel_fn, x, None, ("nngp", "ntk"), block_size=4,
-                          store=store, progress=lambda d, t: calls.append((d, t)))
+    again = kernel_matrix(
+        kernel_fn,
+        x,
+        None,
+        ("nngp", "ntk"),
+        block_size=4,
+        store=store,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls == [(5, 6), (6, 6)]  # only the two missing blocks ran
     for name in ("nngp", "ntk"):
         np.testing.assert_array_equal(getattr(again, name), getattr(plain, name))
@@ -195,15 +210,15 @@ def test_store_round_trip_resume_and_refusals(tmp_path):
 def test_store_refuses_other_dtype(tmp_path):
     _, _, kernel_fn = _mlp()
     x = _inputs(6, (5,)).astype(np.float32)
-    kernel_matrix(kernel_fn, x, get="ntk", block_size=4, store=tmp_path,
-                  progress=False)
+    kernel_matrix(kernel_fn, x, get="ntk", block_size=4, store=tmp_path, progress=False)
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         assert kernel_fn(x, None, "ntk").dtype == np.float64
         with pytest.raises(ValueError, match="differs in: .*dtype .store: 'float32'"):
-            kernel_matrix(kernel_fn, x, get="ntk", block_size=4, store=tmp_path,
-                          progress=False)
+            kernel_matrix(
+                kernel_fn, x, get="ntk", block_size=4, store=tmp_path, progress=False
+            )
     finally:
         jax.config.update("jax_enable_x64", previous)
 
@@ -247,7 +262,10 @@ def test_unwritable_store_fails_before_any_work(tmp_path):
 
 
 def test_symmetric_needs_one_number_per_pair():
-    _, _, kernel_fn = stax.serial(stax.Conv(4, (2, 2)), stax.Relu(), stax.Conv(1, (2, 2)))
+    _, _, kernel_fn = stax.serial(
+        stax.Conv(4, (2, 2)), stax.Relu(), stax.Conv(1, (2, 2))
+    )
     with pytest.raises(ValueError, match="pass x2=x1"):
-        kernel_matrix(kernel_fn, _inputs(4, (4, 4, 1)), get="nngp", progress=False,
-                      block_size=2)
+        kernel_matrix(
+            kernel_fn, _inputs(4, (4, 4, 1)), get="nngp", progress=False, block_size=2
+        )

@@ -85,9 +85,7 @@ def _sharded(block: Callable, mesh: Mesh) -> Callable:
         return jax.tree_util.tree_map(lambda v: v[None], block(xa[0], xb[0]))
 
     spec = PartitionSpec("blocks")
-    return jax.jit(
-        _shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
-    )
+    return jax.jit(_shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
 
 
 def fingerprint(kernel_fn: Callable, get, params, x1, diagonal: bool) -> str:
@@ -412,4 +410,3 @@ def _wait_for_all(kstore: KernelStore, total: int, wait_s: float) -> None:
                 f"rerun to resume."
             )
         time.sleep(0.05)
-
