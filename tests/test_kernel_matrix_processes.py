@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import kernel_matrix_worker as worker
 import numpy as np
 import pytest
-
-import kernel_matrix_worker as worker
 
 WORKER = str(Path(worker.__file__))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
