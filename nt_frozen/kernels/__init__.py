@@ -6,5 +6,6 @@
 """
 
 from nt_frozen.kernels.compute import kernel_matrix
+from nt_frozen.kernels.predict import kernel_regression
 
-__all__ = ["kernel_matrix"]
+__all__ = ["kernel_matrix", "kernel_regression"]

@@ -78,7 +78,7 @@ def _block_fn(kernel_fn: Callable, get: tuple[str, ...], params, diagonal: bool)
     return block
 
 
-def _sharded(block: Callable, mesh: Mesh) -> Callable:
+def _sharded(block: Callable, mesh: Mesh) -> Any:
     """One block per device: inputs and outputs stacked on a leading axis."""
 
     def local(xa, xb):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def _differences(found: dict, wanted: dict) -> list[str]:
 class KernelStore:
     """The store folder of one `kernel_matrix` call (see the module docstring)."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], mode: str):
+    def __init__(self, path: Path, manifest: dict[str, Any], mode: Literal["r", "r+"]):
         self.path = Path(path)
         self.manifest = manifest
         self.layout = BlockLayout(**manifest["layout"])
