@@ -269,3 +269,18 @@ def test_symmetric_needs_one_number_per_pair():
         kernel_matrix(
             kernel_fn, _inputs(4, (4, 4, 1)), get="nngp", progress=False, block_size=2
         )
+
+
+def test_diagonal_blocks_are_computed_with_x2_none():
+    """A kernel_fn whose x2=None branch differs (by 0.5) shows which branch
+    each block took: diagonal blocks x2=None, all others x2 given."""
+
+    def kernel_fn(x1, x2, get):
+        k = x1 @ x1.T if x2 is None else x1 @ x2.T + 0.5
+        return (k,) if isinstance(get, tuple) else k
+
+    x = _inputs(10, (3,))
+    k = kernel_matrix(kernel_fn, x, None, "nngp", block_size=4, progress=False)
+    gram = x @ x.T
+    same_block = (np.arange(10)[:, None] // 4) == (np.arange(10)[None, :] // 4)
+    np.testing.assert_allclose(k, np.where(same_block, gram, gram + 0.5), rtol=1e-6)

@@ -68,9 +68,12 @@ def test_two_processes_write_one_store(tmp_path, reference):
         )
         for i in range(2)
     ]
+    computed = []
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-3000:]
+        computed.append(int(out.split("computed ")[-1].split()[0]))
+    assert sorted(computed) == [10, 11]  # each process its share of the 21 blocks
     for name in ("nngp", "ntk"):
         stored = np.load(Path(store) / f"{name}.npy", mmap_mode="r")
         np.testing.assert_array_equal(stored, reference[f"sym_{name}"])
