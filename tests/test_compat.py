@@ -237,7 +237,9 @@ def test_nt_batch_composes_with_the_unbatched_fields(x64):
         assert bool(plain.x1_is_x2) is same, name
         for store_on_device in (True, False):
             batch = dict(batch_size=2, store_on_device=store_on_device)
-            batched = nt.batch(readout[2], **batch)(nt.batch(block[2], **batch)(x1, x2))
+            batched = nt.batch(readout[2], **batch)(
+                nt.batch(block[2], **batch)(x1, x2)
+            )
             _assert_same_kernel(batched, plain)
 
 
