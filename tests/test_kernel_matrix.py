@@ -284,3 +284,69 @@ def test_diagonal_blocks_are_computed_with_x2_none():
     gram = x @ x.T
     same_block = (np.arange(10)[:, None] // 4) == (np.arange(10)[None, :] // 4)
     np.testing.assert_allclose(k, np.where(same_block, gram, gram + 0.5), rtol=1e-6)
+
+
+def _plain_block_bytes(kernel_fn, x, size):
+    """XLA's memory analysis of `jax.jit(kernel_fn)` on one off-diagonal block
+    (an independent measure of what one block needs)."""
+    stats = (
+        jax.jit(kernel_fn, static_argnames="get")
+        .lower(x[:size], x[:size], get=("nngp", "ntk"))
+        .compile()
+        .memory_analysis()
+    )
+    return (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+
+
+def test_block_size_none_fits_the_budget_and_a_too_large_size_names_one():
+    _, _, kernel_fn = _mlp()
+    x = _inputs(200, (5,))
+    budget = int(1.5 * _plain_block_bytes(kernel_fn, x, 32))
+    assert _plain_block_bytes(kernel_fn, x, 64) > budget
+    get = ("nngp", "ntk")
+    sizes = []
+    k = kernel_matrix(
+        kernel_fn,
+        x,
+        None,
+        get,
+        memory_budget=budget,
+        progress=lambda d, t: sizes.append(t),
+    )
+    assert sizes[-1] == 7 * 8 // 2  # 200 inputs in blocks of 32: 7 x 7 blocks
+    assert _rel(k.ntk, np.asarray(kernel_fn(x, None, "ntk"))) < 1e-4
+    with pytest.raises(MemoryError, match="block_size=128 needs .* block_size=32 fits"):
+        kernel_matrix(
+            kernel_fn,
+            x,
+            None,
+            get,
+            block_size=128,
+            memory_budget=budget,
+            progress=False,
+        )
+
+
+def test_log_line_every_n_blocks(caplog):
+    _, _, kernel_fn = _mlp()
+    with caplog.at_level("INFO", logger="nt_frozen.kernels"):
+        kernel_matrix(
+            kernel_fn,
+            _inputs(12, (5,)),
+            None,
+            "ntk",
+            block_size=2,
+            progress=False,
+            log_every=7,
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [
+        "kernel_matrix: 7/21 blocks done",
+        "kernel_matrix: 14/21 blocks done",
+        "kernel_matrix: 21/21 blocks done",
+    ]
+    assert all("ETA" in line for line in lines)

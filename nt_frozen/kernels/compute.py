@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +25,9 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from nt_frozen.kernels.layout import Block, BlockLayout, padded_rows, share
+from nt_frozen.kernels.progress import Progress
 from nt_frozen.kernels.sizing import check_fits, choose_block_size
 from nt_frozen.kernels.store import KernelStore, check_writable
-
-logger = logging.getLogger("nt_frozen.kernels")
 
 PAIRWISE = ("nngp", "ntk")
 if hasattr(jax, "shard_map"):
@@ -115,46 +113,6 @@ def _array_hash(x) -> str | None:
     digest = hashlib.sha256(f"{x.shape}{x.dtype}".encode())
     digest.update(x.tobytes())
     return digest.hexdigest()[:32]
-
-
-class _Progress:
-    """A tqdm bar with an ETA, a user callback, and a log line every
-    `log_every` blocks."""
-
-    def __init__(self, total: int, done: int, progress, log_every: int | None):
-        from tqdm.auto import tqdm
-
-        self.total, self.count, self.start = total, done, time.perf_counter()
-        self.callback = progress if callable(progress) else None
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            unit="block",
-            desc="kernel_matrix",
-            disable=progress is not True,
-        )
-        self.log_every = log_every or max(1, total // 20)
-        self.new = 0
-
-    def update(self, n: int) -> None:
-        self.count += n
-        self.new += n
-        self.bar.update(n)
-        if self.callback is not None:
-            self.callback(self.count, self.total)
-        if self.count % self.log_every < n or self.count == self.total:
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / self.new * (self.total - self.count)
-            logger.info(
-                "kernel_matrix: %d/%d blocks done, %.1f s, ETA %.1f s",
-                self.count,
-                self.total,
-                elapsed,
-                eta,
-            )
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def kernel_matrix(
@@ -329,7 +287,7 @@ def kernel_matrix(
                     result[k][c0:c1, r0:r1] = np.swapaxes(v, 0, 1)
 
     todo = [b for b in mine if b not in done]
-    bar = _Progress(len(mine), len(mine) - len(todo), progress, log_every)
+    bar = Progress(len(mine), len(mine) - len(todo), progress, log_every)
     try:
         _run(compiled, layout, x1, x2, todo, len(devices), sink, bar)
     finally:
