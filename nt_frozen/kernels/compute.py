@@ -177,7 +177,8 @@ def kernel_matrix(
       ...     stax.Dense(8), stax.Relu(), Frozen(stax.Dense(8)), stax.Dense(1))
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (10, 3))
       >>> k = kernel_matrix(kernel_fn, x, get="ntk", block_size=4, progress=False)
-      >>> k.shape, bool(np.allclose(k, kernel_fn(x, None, "ntk"), rtol=1e-5))
+      >>> ref = np.asarray(kernel_fn(x, None, "ntk"))
+      >>> k.shape, bool(np.abs(k - ref).max() < 1e-4 * np.abs(ref).max())  # float32
       ((10, 10), True)
     """
     names = _check_get(get)

@@ -95,7 +95,7 @@ def kernel_regression(
       >>> import numpy as np
       >>> k = np.array([[2.0, 1.0], [1.0, 2.0]])
       >>> kernel_regression(k, np.array([[1.0, 0.0]]), np.array([1.0, -1.0]))
-      array([[1.]])
+      array([1.])
     """
     theta = _field(k_train_train, get, "k_train_train")
     theta_star = _field(k_test_train, get, "k_test_train")
