@@ -350,3 +350,24 @@ def test_log_line_every_n_blocks(caplog):
         "kernel_matrix: 21/21 blocks done",
     ]
     assert all("ETA" in line for line in lines)
+
+
+def test_resume_with_block_size_none_keeps_the_stored_blocks(tmp_path):
+    _, _, kernel_fn = _mlp()
+    x = _inputs(40, (5,))
+    budget = int(1.5 * _plain_block_bytes(kernel_fn, x, 16))
+    first = kernel_matrix(
+        kernel_fn, x, None, "ntk", store=tmp_path, memory_budget=budget, progress=False
+    )
+    (tmp_path / "done" / "r0_c1").unlink()
+    calls = []
+    again = kernel_matrix(
+        kernel_fn,
+        x,
+        None,
+        "ntk",
+        store=tmp_path,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert calls == [(6, 6)]  # blocks of 16 (3 x 3 blocks), one recomputed
+    np.testing.assert_array_equal(again, first)

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, PartitionSpec
 from nt_frozen.kernels.layout import Block, BlockLayout, padded_rows, share
 from nt_frozen.kernels.progress import Progress
 from nt_frozen.kernels.sizing import check_fits, choose_block_size
-from nt_frozen.kernels.store import KernelStore, check_writable
+from nt_frozen.kernels.store import KernelStore, check_writable, stored_block_size
 
 PAIRWISE = ("nngp", "ntk")
 if hasattr(jax, "shard_map"):
@@ -234,6 +234,9 @@ def kernel_matrix(
         raise ValueError(
             f"kernel_matrix: x1 has {n1} and x2 has {n2} inputs; pass at least one."
         )
+    if block_size is None and store_path is not None:
+        # Resuming: keep the store's blocks (the budget may have changed since).
+        block_size = stored_block_size(store_path)
     if block_size is None:
         block_size, compiled = choose_block_size(
             compile_all, clip, max(n1, n2), devices[0], memory_budget

@@ -43,6 +43,15 @@ def check_writable(path: Path) -> None:
         ) from None
 
 
+def stored_block_size(path: Path) -> int | None:
+    """The block size of the store at `path`, or None if there is none yet."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    return int(manifest["layout"]["rows"])
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
