@@ -67,6 +67,7 @@ from nt_frozen.empirical import (
     monte_carlo_kernel_fn,
 )
 from nt_frozen.frozen import Frozen, is_frozen_layer, propagate_ntk_linearly
+from nt_frozen.kernels import kernel_matrix, kernel_regression
 from nt_frozen.params import (
     FrozenParams,
     freeze_like,
@@ -120,6 +121,8 @@ __all__ = [
     "frozen_values",
     "is_frozen",
     "is_frozen_layer",
+    "kernel_matrix",
+    "kernel_regression",
     "nt",
     "ntk_decomposition",
     "propagate_ntk_linearly",

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--no-progress", action="store_true", help="no progress bar on stderr"
     )
+    from nt_frozen.kernels.cli import add_parser as add_kernel_parser
+
+    add_kernel_parser(commands)  # `nt-frozen kernel`
     return parser
 
 
@@ -400,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return validate(args, argv)
+    if args.command == "kernel":
+        from nt_frozen.kernels.cli import run
+
+        return run(args)
     raise AssertionError(args.command)  # argparse enforces the choices
 
 

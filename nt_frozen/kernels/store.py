@@ -1,0 +1,183 @@
+"""A kernel matrix on disk: one `.npy` per output, a manifest, done markers.
+
+    store/
+      manifest.json      what was computed: network, inputs, get, dtype, layout
+      nngp.npy ntk.npy   the kernels, readable with `numpy.load(mmap_mode="r")`
+      done/r{i}_c{j}     one empty file per finished block
+
+Plain `.npy` memory maps rather than zarr: any NumPy reads them, no dependency,
+and a block is a strided slice written in place. A block counts as done only
+once its values are flushed to disk and its marker is renamed into place
+(`os.replace` is atomic), so a run killed at any moment leaves every marked
+block complete; a rerun computes the unmarked ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from nt_frozen.kernels.layout import Block, BlockLayout
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def check_writable(path: Path) -> None:
+    """Raise before any work if `path` cannot hold a store."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"kernel_matrix: store={str(path)!r} is not a writable folder ({e}); "
+            f"pass a folder you can write to."
+        ) from None
+
+
+def stored_block_size(path: Path) -> int | None:
+    """The block size of the store at `path`, or None if there is none yet."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    return int(manifest["layout"]["rows"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _differences(found: dict, wanted: dict) -> list[str]:
+    return [
+        f"{key} (store: {found.get(key)!r}, this call: {wanted[key]!r})"
+        for key in wanted
+        if found.get(key) != wanted[key]
+    ]
+
+
+class KernelStore:
+    """The store folder of one `kernel_matrix` call (see the module docstring)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], mode: Literal["r", "r+"]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.layout = BlockLayout(**manifest["layout"])
+        self.arrays = {
+            name: np.load(self.path / f"{name}.npy", mmap_mode=mode)
+            for name in manifest["get"]
+        }
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: Path,
+        manifest: dict[str, Any],
+        shapes: dict[str, Sequence[int]],
+        create: bool = True,
+        wait_s: float = 600.0,
+    ) -> KernelStore:
+        """Open the store at `path` for `manifest`, creating it if `create` and
+        it is absent; otherwise wait up to `wait_s` for another process to
+        create it. Refuse a store made with other settings, naming them."""
+        path = Path(path)
+        manifest = {"format": FORMAT, **manifest}
+        deadline = time.monotonic() + wait_s
+        while not (path / MANIFEST).exists():
+            if create:
+                cls._create(path, manifest, shapes)
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"kernel_matrix: no store appeared at {str(path)!r} within "
+                    f"{wait_s:.0f} s; process 0 creates it."
+                )
+            time.sleep(0.05)
+        found = json.loads((path / MANIFEST).read_text())
+        differs = _differences(found, manifest)
+        if differs:
+            raise ValueError(
+                f"kernel_matrix: store={str(path)!r} holds another kernel; it "
+                f"differs in: {'; '.join(differs)}. Use a new store folder, or "
+                f"delete this one to recompute."
+            )
+        return cls(path, found, "r+")
+
+    @staticmethod
+    def _create(path: Path, manifest: dict, shapes: dict) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "done").mkdir(exist_ok=True)
+        for name, shape in shapes.items():
+            array = np.lib.format.open_memmap(
+                path / f"{name}.npy",
+                mode="w+",
+                dtype=np.dtype(manifest["dtype"]),
+                shape=tuple(shape),
+            )
+            array.flush()
+            del array
+        # Last, so that a manifest means the arrays exist (other processes wait
+        # for it).
+        _write_atomic(path / MANIFEST, json.dumps(manifest, indent=1))
+
+    def _marker(self, block: Block) -> Path:
+        return self.path / "done" / f"r{block[0]}_c{block[1]}"
+
+    def done(self) -> set[Block]:
+        """The blocks whose values are on disk."""
+        found = set()
+        for name in os.listdir(self.path / "done"):
+            if name.startswith("r") and "_c" in name and not name.endswith(".tmp"):
+                i, j = name[1:].split("_c")
+                found.add((int(i), int(j)))
+        return found
+
+    def write(self, block: Block, values: dict[str, np.ndarray]) -> None:
+        """Write one block (and its mirror image when symmetric), flush, and
+        only then mark it done."""
+        layout = self.layout
+        r0, r1 = layout.row_range(block[0])
+        c0, c1 = layout.col_range(block[1])
+        for name, value in values.items():
+            array = self.arrays[name]
+            array[r0:r1, c0:c1] = value
+            if layout.symmetric and block[0] != block[1]:
+                array[c0:c1, r0:r1] = np.swapaxes(value, 0, 1)
+            array.flush()
+        marker = self._marker(block)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+
+    def read_only(self) -> dict[str, np.ndarray]:
+        """The stored arrays as read-only memory maps."""
+        return {
+            name: np.load(self.path / f"{name}.npy", mmap_mode="r")
+            for name in self.manifest["get"]
+        }
