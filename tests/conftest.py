@@ -21,6 +21,7 @@ def x64():
 DEFAULT_PATH_FILES = frozenset(
     {
         "test_structured.py",
+        "test_structured_inputs.py",
         "test_empirical.py",
         "test_decomposition.py",
         "test_rates.py",
