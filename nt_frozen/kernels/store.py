@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nt_frozen._files import unwritable_reason, write_text_atomic
 from nt_frozen.kernels.layout import Block, BlockLayout
 
 MANIFEST = "manifest.json"
@@ -32,15 +32,12 @@ FORMAT = 1
 
 def check_writable(path: Path) -> None:
     """Raise before any work if `path` cannot hold a store."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
+    reason = unwritable_reason(path)
+    if reason is not None:
         raise ValueError(
-            f"kernel_matrix: store={str(path)!r} is not a writable folder ({e}); "
-            f"pass a folder you can write to."
-        ) from None
+            f"kernel_matrix: store={str(path)!r} is not a writable folder "
+            f"({reason}); pass a folder you can write to."
+        )
 
 
 def stored_block_size(path: Path) -> int | None:
@@ -50,27 +47,6 @@ def stored_block_size(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(manifest["layout"]["rows"])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _differences(found: dict, wanted: dict) -> list[str]:
@@ -143,7 +119,7 @@ class KernelStore:
             del array
         # Last, so that a manifest means the arrays exist (other processes wait
         # for it).
-        _write_atomic(path / MANIFEST, json.dumps(manifest, indent=1))
+        write_text_atomic(path / MANIFEST, json.dumps(manifest, indent=1))
 
     def _marker(self, block: Block) -> Path:
         return self.path / "done" / f"r{block[0]}_c{block[1]}"
@@ -169,11 +145,7 @@ class KernelStore:
             if layout.symmetric and block[0] != block[1]:
                 array[c0:c1, r0:r1] = np.swapaxes(value, 0, 1)
             array.flush()
-        marker = self._marker(block)
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
+        write_text_atomic(self._marker(block), "")
 
     def read_only(self) -> dict[str, np.ndarray]:
         """The stored arrays as read-only memory maps."""

@@ -30,6 +30,7 @@ Registries: `ARCHITECTURES`, the built-in networks by name
 also scored against, by name (`"unfrozen"`, `"identity_guess"`).
 """
 
+from nt_frozen._files import write_json_atomic
 from nt_frozen.validation.architectures import (
     ARCHITECTURES,
     Architecture,
@@ -41,7 +42,6 @@ from nt_frozen.validation.report import (
     format_table,
     plot_sweep,
     save_sweep_figure,
-    write_json_atomic,
 )
 from nt_frozen.validation.statistics import (
     MAX_SCORE,

@@ -22,7 +22,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -206,15 +205,16 @@ def _metadata(args: argparse.Namespace, argv: Sequence[str], device) -> dict[str
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
+    # Imported here: importing the package starts JAX, which must wait for
+    # the XLA flags this module sets.
+    from nt_frozen._files import unwritable_reason
+
+    reason = unwritable_reason(out)
+    if reason is not None:
         raise SystemExit(
-            f"nt-frozen validate: --out {out}: cannot write there ({e}); choose a "
-            f"writable folder."
-        ) from None
+            f"nt-frozen validate: --out {out}: cannot write there ({reason}); "
+            f"choose a writable folder."
+        )
 
 
 def _check_counts(args: argparse.Namespace, widths: Sequence[int]) -> None:
@@ -286,12 +286,12 @@ def validate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
+    from nt_frozen._files import write_json_atomic
     from nt_frozen.validation.architectures import ARCHITECTURES, load_architecture
     from nt_frozen.validation.report import (
         finite_or_null,
         format_table,
         save_sweep_figure,
-        write_json_atomic,
     )
     from nt_frozen.validation.sweep import CheckpointError, run_validation
 

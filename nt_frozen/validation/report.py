@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,47 +17,6 @@ from nt_frozen.validation.statistics import (
     ArchitectureResult,
     Comparison,
 )
-
-
-def write_json_atomic(path: str | Path, value: Any, **dumps_kwargs) -> Path:
-    """Write `value` as JSON to `path` so that `path` is never half-written.
-
-    The text goes to a temporary file in the same folder first, then
-    `os.replace` (atomic on POSIX and Windows) puts it in place: a reader sees
-    the old file or the whole new one, even if the process is killed.
-
-    Example:
-      >>> import json, tempfile
-      >>> from pathlib import Path
-      >>> path = Path(tempfile.mkdtemp()) / "a.json"
-      >>> json.loads(write_json_atomic(path, {"a": 1}).read_text())
-      {'a': 1}
-    """
-    path = Path(path)
-    text = json.dumps(value, **dumps_kwargs)
-    # A name `*.json` never matches the temporary file, so a leftover one (a
-    # kill between write and replace) is never read as finished.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the mode `open`
-        # would have, 0666 less the umask.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it: put it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def finite_or_null(value: Any) -> Any:

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nt_frozen._files import write_json_atomic
 from nt_frozen.empirical import empirical_ntk_fn
 from nt_frozen.validation.architectures import Architecture
-from nt_frozen.validation.report import write_json_atomic
 from nt_frozen.validation.statistics import (
     ArchitectureResult,
     Comparison,

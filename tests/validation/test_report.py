@@ -7,12 +7,12 @@ import math
 
 import pytest
 
+from nt_frozen._files import write_json_atomic
 from nt_frozen.testing import synthetic_sweep_result
 from nt_frozen.validation import (
     finite_or_null,
     format_table,
 )
-from nt_frozen.validation.report import write_json_atomic
 
 
 def test_json_that_cannot_be_written_leaves_the_old_file_and_no_temporary(tmp_path):
