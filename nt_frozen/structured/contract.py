@@ -17,7 +17,7 @@ import numpy as np
 from nt_frozen._compat import _dot_general, nt, nt_utils
 from nt_frozen.params import trainable_mask
 from nt_frozen.rates import learning_rates, scale_jacobian
-from nt_frozen.structured.jaxpr import Eqn, Lit, Program, bind, evaluate
+from nt_frozen.structured.jaxpr import Eqn, Lit, Program, bind, evaluate, shape_of
 from nt_frozen.structured.matching import Target
 from nt_frozen.structured.plan import Analysis, Side, analyse
 
@@ -166,7 +166,7 @@ def _structured_blocks(analysis: Analysis, blocks, rates, trace_axes, diagonal_a
 
 def _per_example_jacobian(prog, t: Target, eqn: Eqn, a, d, p, recorded):
     """J[n, *rest, *p.shape] = vjp(p ↦ E(a_n, L(p)))(δ_n), row by row."""
-    fx_extra = d.ndim - (len(prog.shapes[eqn.outs[0]]) - 1) - 1
+    fx_extra = d.ndim - (len(shape_of(prog, eqn.outs[0])) - 1) - 1
 
     def z_of(p, a_row):
         q = _replay_chain(prog, t, p, recorded)

@@ -37,10 +37,6 @@ class Program:
     invars: list
     outvars: list
 
-    @property
-    def shapes(self) -> dict:
-        return {i: tuple(a.shape) for i, a in self.avals.items()}
-
 
 # Call-like primitives whose body is inlined: differentiating the inlined body
 # is what differentiating the call does (`remat2` is `jax.checkpoint`).
