@@ -1,6 +1,6 @@
 """Frozen(layer): its kernel, its apply_fn, and the identities it satisfies.
 
-Identities (DESIGN.md section 2), for several architecture families:
+Identities (derivations/identities.md, sections 1-6), for several families:
 
 1. frozen first layer -> NTK 0 right after it;  2. all frozen -> NTK 0;
 3. readout-only -> NTK == NNGP;  4. sum rule over layers;
@@ -261,7 +261,8 @@ def test_frozen_dense_scales_ntk_by_w_std_squared(
     np.testing.assert_allclose(ntk_in, closed_in, rtol=tol(dtype))
     np.testing.assert_allclose(ntk_out, W_STD**2 * closed_in, rtol=tol(dtype))
     # float32 with b_std=1e3: the own term is ~1e6 times larger than W^2 ntk_in;
-    # no cancellation is allowed (DESIGN.md 2): as exact as ntk_in itself.
+    # no cancellation is allowed (derivations/identities.md, section 6): as
+    # exact as ntk_in itself.
     np.testing.assert_allclose(
         ntk_out, W_STD**2 * ntk_in, rtol=2e-6 if dtype == "float32" else 1e-12
     )

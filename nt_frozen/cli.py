@@ -1,5 +1,0 @@
-"""Deprecated: moved to `nt_frozen.validation.cli`."""
-
-from nt_frozen._moved import forward
-
-forward(__name__, "nt_frozen.validation.cli", globals())
