@@ -25,7 +25,8 @@ from nt_frozen.dynamics import (
     dynamics_agreement,
     stiffest_mode_time,
 )
-from nt_frozen.testing import FREEZING_PATTERNS, sphere_regression, three_layer_mlp
+from nt_frozen.dynamics.tasks import sphere_regression
+from nt_frozen.networks import FREEZING_PATTERNS, three_layer_mlp
 
 TIMES = (1.0, 2.0, 4.0, math.inf)
 CASES = FREEZING_PATTERNS

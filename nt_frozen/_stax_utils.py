@@ -49,6 +49,15 @@ ArrayLike = Any
 
 
 def is_kernel(x: Any) -> bool:
+    """Whether `x` is an `nt.Kernel` (the leaf test for Kernel pytrees).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nt_frozen import stax
+      >>> k = stax.Dense(1)[2](jnp.ones((2, 3)), None)
+      >>> is_kernel(k), is_kernel(k.ntk)
+      (True, False)
+    """
     return isinstance(x, Kernel)
 
 

@@ -46,7 +46,8 @@ class DynamicsAgreement(NamedTuple):
     Example:
       >>> import jax
       >>> from nt_frozen.dynamics import compare_dynamics
-      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> from nt_frozen.dynamics.tasks import sphere_regression
+      >>> from nt_frozen.networks import three_layer_mlp
       >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
       >>> *_, agreement = compare_dynamics(*three_layer_mlp(32, (True, True, False)),
       ...     x, y[:, :1], x_test, [0.5, 2.0], jax.random.PRNGKey(1), 3)

@@ -24,7 +24,8 @@ class AnalyticPrediction(NamedTuple):
 
     Example:
       >>> from nt_frozen.dynamics import analytic_prediction
-      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> from nt_frozen.dynamics.tasks import sphere_regression
+      >>> from nt_frozen.networks import three_layer_mlp
       >>> _, _, kernel_fn = three_layer_mlp(32, (False, True, False))
       >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
       >>> p = analytic_prediction(kernel_fn, x, y[:, :1], x_test, [0.5, 2.0])
@@ -173,7 +174,8 @@ def linearized_members(
     Example:
       >>> import jax
       >>> from nt_frozen.dynamics import compare_dynamics, linearized_members
-      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> from nt_frozen.dynamics.tasks import sphere_regression
+      >>> from nt_frozen.networks import three_layer_mlp
       >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
       >>> ens, p, _ = compare_dynamics(*three_layer_mlp(32), x, y[:, :1], x_test,
       ...     [0.5, 2.0], jax.random.PRNGKey(1), 3)

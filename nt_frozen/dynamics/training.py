@@ -37,7 +37,8 @@ class EnsemblePredictions(NamedTuple):
     Example:
       >>> import jax, numpy as np
       >>> from nt_frozen.dynamics import train_ensemble
-      >>> from nt_frozen.testing import sphere_regression, three_layer_mlp
+      >>> from nt_frozen.dynamics.tasks import sphere_regression
+      >>> from nt_frozen.networks import three_layer_mlp
       >>> init_fn, apply_fn, _ = three_layer_mlp(32, (False, True, False))
       >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
       >>> ens = train_ensemble(init_fn, apply_fn, x, y[:, :1], x_test, [0.5, 2.0],

@@ -15,7 +15,14 @@ from typing import Any
 from nt_frozen._compat import stax
 from nt_frozen._stax_utils import Layer
 from nt_frozen.frozen import Frozen
-from nt_frozen.rates import LearningRate
+from nt_frozen.networks import (
+    MLP_WEIGHTS,
+    cnn_layers,
+    mlp_layers,
+    rated_mlp_layers,
+    rated_residual_layers,
+    residual_layers,
+)
 from nt_frozen.validation.controls import CONTROLS
 
 # `build(width, freeze)` returns the layers of a `stax.serial` network; `freeze`
@@ -108,89 +115,16 @@ def _as_triple(built: Any, name: str) -> Layer:
     )
 
 
-def _mlp(weights, frozen: set[int], parameterization: str = "ntk") -> Builder:
-    """Dense-Relu-...-Dense(1) with `(W_std, b_std)` per Dense, some frozen."""
-
+def _mlp(frozen: set[int], parameterization: str = "ntk") -> Builder:
     def build(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
-        layers = []
-        for i, (w_std, b_std) in enumerate(weights):
-            out = 1 if i == len(weights) - 1 else n
-            dense = stax.Dense(
-                out, W_std=w_std, b_std=b_std, parameterization=parameterization
-            )
-            layers.append(freeze(dense) if i in frozen else dense)
-            if i < len(weights) - 1:
-                layers.append(stax.Relu())
-        return layers
+        return mlp_layers(n, MLP_WEIGHTS, frozen, parameterization, freeze)
 
     return build
 
 
-_MLP_WEIGHTS = ((1.5, 0.1), (1.4, 0.3), (1.3, 0.2))
-
-
-def _cnn(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
-    conv = stax.Conv(n, (3, 3), padding="SAME", W_std=2.0, b_std=0.1)
-    pool = stax.AvgPool((2, 2))
-    # The frozen network freezes the whole block (Frozen of a combinator). The
-    # controls act on its conv only: the pooling has no parameters, and "pass
-    # the NTK through unchanged" means nothing across a shape change.
-    block = (
-        Frozen(stax.serial(conv, pool))
-        if freeze is Frozen
-        else stax.serial(freeze(conv), pool)
-    )
-    return [
-        stax.Conv(n, (3, 3), padding="SAME", W_std=1.3, b_std=1.0),
-        stax.Relu(),
-        block,
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1, W_std=1.2),
-    ]
-
-
-def _residual(n: int, freeze: Callable[[Layer], Layer] = Frozen) -> list[Layer]:
-    branch = stax.serial(stax.Relu(), stax.Dense(n, W_std=2.0, b_std=0.3))
-    block = stax.serial(
-        stax.FanOut(2), stax.parallel(freeze(branch), stax.Identity()), stax.FanInSum()
-    )
-    return [
-        stax.Dense(n, W_std=1.2, b_std=0.2),
-        block,
-        stax.Relu(),
-        stax.Dense(1, W_std=1.1, b_std=0.1),
-    ]
-
-
-def _rated_mlp(rates: Sequence[float]) -> Builder:
-    """The `_mlp` network with `LearningRate(Dense_i, rates[i])`."""
-
-    def build(n: int) -> list[Layer]:
-        rate = iter(rates)  # `_mlp` wraps its Dense layers in order
-        every = set(range(len(_MLP_WEIGHTS)))
-        return list(
-            _mlp(_MLP_WEIGHTS, every)(n, freeze=lambda d: LearningRate(d, next(rate)))
-        )
-
-    return build
-
-
-def _rated_residual(rates: Sequence[float]) -> Builder:
-    """`_residual` with rates (first Dense, residual branch, readout)."""
-
-    def build(n: int) -> list[Layer]:
-        first, block, relu, readout = _residual(
-            n, freeze=lambda branch: LearningRate(branch, rates[1])
-        )
-        return [
-            LearningRate(first, rates[0]),
-            block,
-            relu,
-            LearningRate(readout, rates[2]),
-        ]
-
-    return build
+def _with_rates(build_layers: Callable[[int, Sequence[float]], list[Layer]]):
+    """`rates -> build(width)`, for :func:`_rated`."""
+    return lambda rates: lambda n: build_layers(n, rates)
 
 
 def _rated(name, description, build, rates, input_shape) -> Architecture:
@@ -216,41 +150,41 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "mlp-frozen-first",
             "MLP 16-n-n-1, NTK param., first Dense frozen",
-            _mlp(_MLP_WEIGHTS, {0}),
+            _mlp({0}),
             _MLP_INPUTS,
             kernel_width_free=True,
         ),
         Architecture(
             "mlp-frozen-middle",
             "MLP 16-n-n-1, NTK param., middle Dense frozen",
-            _mlp(_MLP_WEIGHTS, {1}),
+            _mlp({1}),
             _MLP_INPUTS,
             kernel_width_free=True,
         ),
         Architecture(
             "mlp-frozen-last",
             "MLP 16-n-n-1, NTK param., readout Dense frozen",
-            _mlp(_MLP_WEIGHTS, {2}),
+            _mlp({2}),
             _MLP_INPUTS,
             kernel_width_free=True,
         ),
         Architecture(
             "mlp-readout-only",
             "MLP 16-n-n-1, NTK param., all but the readout frozen (NTK = NNGP)",
-            _mlp(_MLP_WEIGHTS, {0, 1}),
+            _mlp({0, 1}),
             _MLP_INPUTS,
             kernel_width_free=True,
         ),
         Architecture(
             "mlp-standard-frozen-last",
             "MLP 16-n-n-1, standard param., readout Dense frozen",
-            _mlp(_MLP_WEIGHTS, {2}, "standard"),
+            _mlp({2}, "standard"),
             _MLP_INPUTS,  # standard parameterization: the NTK scales with n
         ),
         Architecture(
             "cnn-frozen-conv-block",
             "CNN 4x4x2 images, n/4 channels, frozen Conv+AvgPool block",
-            _cnn,
+            cnn_layers,
             (4, 4, 4, 2),
             width_divisor=4,
             kernel_width_free=True,
@@ -259,21 +193,21 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "residual-frozen-branch",
             "Dense then residual block whose Relu-Dense branch is frozen",
-            _residual,
+            residual_layers,
             _MLP_INPUTS,
             kernel_width_free=True,
         ),
         _rated(
             "mlp-rates",
             "MLP 16-n-n-1, NTK param., first Dense x0.1, readout x10 (LearningRate)",
-            _rated_mlp,
+            _with_rates(rated_mlp_layers),
             (0.1, 1.0, 10.0),
             _MLP_INPUTS,
         ),
         _rated(
             "residual-rates",
             "Dense x10, then a residual block whose branch trains x0.1, frozen readout",
-            _rated_residual,
+            _with_rates(rated_residual_layers),
             (10.0, 0.1, 0.0),
             _MLP_INPUTS,
         ),

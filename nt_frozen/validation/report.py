@@ -57,7 +57,7 @@ def format_table(results: Sequence[ArchitectureResult]) -> str:
     """The sweep's results as the text table the command line prints.
 
     Example:
-      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> from nt_frozen.validation.synthetic import synthetic_sweep_result
       >>> result = synthetic_sweep_result()
       >>> from nt_frozen.validation import format_table
       >>> format_table([result]).splitlines()[-1].split()[:2]
@@ -131,7 +131,7 @@ def plot_sweep(ax, result: ArchitectureResult) -> None:
     """Draw one architecture's errors vs width on a matplotlib `ax`.
 
     Example:
-      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> from nt_frozen.validation.synthetic import synthetic_sweep_result
       >>> result = synthetic_sweep_result()
       >>> import matplotlib
       >>> matplotlib.use("Agg")
@@ -220,7 +220,7 @@ def save_sweep_figure(results: Sequence[ArchitectureResult], path: Path) -> Path
     """One panel per architecture, saved as a PNG at `path`.
 
     Example:
-      >>> from nt_frozen.testing import synthetic_sweep_result
+      >>> from nt_frozen.validation.synthetic import synthetic_sweep_result
       >>> result = synthetic_sweep_result()
       >>> import tempfile, pathlib
       >>> from nt_frozen.validation import save_sweep_figure
