@@ -90,19 +90,11 @@ def test_a_raising_cell_fails(tmp_path):
         runner.run_notebook(path, small=True, timeout=60)
 
 
-# The decomposition-and-dynamics notebook takes over a minute even in small
-# mode; it runs with the long tests (-m slow), the others in every run.
-LONG = {"partially_trained"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.slow) if p.stem in LONG else p
-        for p in NOTEBOOKS
-    ],
-    ids=[p.stem for p in NOTEBOOKS],
-)
+# Each notebook takes 10 s to minutes even in small mode (a kernel start,
+# sweeps, training): they run with the slow tier (-m slow); the runner itself
+# is tested above in the default run.
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(path):
     before = path.read_bytes()
     executed = runner.run_notebook(path, small=True, timeout=CELL_TIMEOUT_S)
