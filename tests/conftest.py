@@ -13,23 +13,3 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
-
-
-# The default empirical path's tests (the structured path and everything
-# built on it) run whole wherever `compat_matrix` runs: `.ci/run` selects
-# `-m compat_matrix` on every Python of the matrix and the declared-minimum JAX.
-DEFAULT_PATH_FILES = frozenset(
-    {
-        "test_structured.py",
-        "test_structured_inputs.py",
-        "test_empirical.py",
-        "test_decomposition.py",
-        "test_rates.py",
-    }
-)
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in DEFAULT_PATH_FILES:
-            item.add_marker(pytest.mark.compat_matrix)

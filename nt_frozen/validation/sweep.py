@@ -346,12 +346,13 @@ def run_validation(
     the sweep would count as finite-width error. `None` keeps the caller's
     setting; `sweep_settings` records the one used.
 
-    Example:
+    Example (widths this small decide nothing; `nt-frozen validate`'s
+    defaults do):
       >>> from nt_frozen.validation import ARCHITECTURES, run_validation
       >>> [result] = run_validation(
-      ...     [ARCHITECTURES["mlp-frozen-middle"]], widths=[128, 512], samples=4)
-      >>> result.frozen.verdict, result.controls["unfrozen"].verdict
-      ('PASS', 'FAIL')
+      ...     [ARCHITECTURES["mlp-frozen-middle"]], widths=[8, 16], samples=2)
+      >>> result.frozen.widths, sorted(result.controls)
+      ([8, 16], ['identity_guess', 'unfrozen'])
     """
     if samples < 2:
         raise ValueError(

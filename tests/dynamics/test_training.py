@@ -21,7 +21,6 @@ N_TRAIN = len(X_TRAIN)
 _mlp = three_layer_mlp
 
 
-@pytest.mark.compat_matrix
 def test_time_convention_is_nt_s_for_an_exactly_linear_model():
     """Only the readout trains, so each network is exactly linear in its
     trainable parameters with its empirical NTK: its trajectory must be NT's
