@@ -238,11 +238,11 @@ def block_ntks(
         x1,
         x2,
         params,
-        trace_axes,
-        diagonal_axes,
-        vmap_axes,
-        nt_options or {},
-        apply_fn_kwargs,
+        trace_axes=trace_axes,
+        diagonal_axes=diagonal_axes,
+        vmap_axes=vmap_axes,
+        nt_options=nt_options or {},
+        apply_fn_kwargs=apply_fn_kwargs,
     )
     if _no_examples(x1, x2):  # an empty kernel, as NT gives
         return [_zeros_like_ntk(request) for _ in blocks]
