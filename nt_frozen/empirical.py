@@ -3,7 +3,8 @@
 `nt.empirical_ntk_fn` on a network with frozen layers differentiates every
 leaf, frozen ones included (their Jacobians are zero, but are still built:
 memory proportional to frozen parameters x batch). The functions here have
-NT's signatures and options, and close the frozen leaves over as constants, so
+NT's signatures and options, and close the frozen leaves over as constants
+(:func:`nt_frozen.restrict.restrict`, or :mod:`nt_frozen.structured`), so
 that NT differentiates the trainable leaves only: frozen leaves cost no
 Jacobian at all.
 """
@@ -22,15 +23,11 @@ import jax.numpy as jnp
 from nt_frozen._compat import nt, nt_utils
 from nt_frozen._stax_utils import EMPIRICAL_KERNELS, check_get
 from nt_frozen.checks import check_apply
-from nt_frozen.params import merge, split
-from nt_frozen.rates import check_rates_fit, weight_jacobians
+from nt_frozen.rates import check_rates_fit
+from nt_frozen.restrict import restrict
 from nt_frozen.structured import block_ntks
 
 PyTree = Any
-
-
-def _has_leaves(tree: PyTree) -> bool:
-    return bool(jax.tree_util.tree_leaves(tree))
 
 
 def _check_inputs(
@@ -54,17 +51,6 @@ def _kernel_tuple(names: tuple[str, ...]) -> type:
     # One class per `get`: the running sums of `monte_carlo_kernel_fn` are
     # tree-mapped together, which needs equal pytree node types.
     return namedtuple("EmpiricalKernel", names)
-
-
-def _on_trainable(apply_fn: Callable, frozen: PyTree) -> Callable:
-    """`apply_fn` as a function of the trainable half; frozen values are constants."""
-
-    def apply_trainable(trainable, x, **kwargs):
-        # Rated leaves (`LearningRate`): same values, Jacobians scaled by
-        # sqrt(rate), so NT's J J^T is the rated sum_b rate_b J_b J_b^T.
-        return apply_fn(merge(weight_jacobians(trainable), frozen), x, **kwargs)
-
-    return apply_trainable
 
 
 def empirical_ntk_fn(
@@ -131,22 +117,24 @@ def _unchecked_ntk_fn(
                 x2,
                 params,
                 [every_leaf],
-                trace_axes,
-                diagonal_axes,
-                vmap_axes,
-                nt_options,
+                trace_axes=trace_axes,
+                diagonal_axes=diagonal_axes,
+                vmap_axes=vmap_axes,
+                nt_options=nt_options,
                 **apply_fn_kwargs,
             )[0]
-        trainable, frozen = split(params)
-        if not _has_leaves(trainable):  # everything frozen: the NTK is exactly 0
+        # The trainable leaves only (rated: J scaled by sqrt(rate), so NT's
+        # J J^T is the rated sum_b rate_b J_b J_b^T); frozen ones constant.
+        view = restrict(apply_fn, params)
+        if not view.leaves:  # everything frozen: the NTK is exactly 0
             shape = jax.eval_shape(
                 lambda: nt.empirical_ntk_fn(apply_fn, **options)(
                     x1, x2, params, **apply_fn_kwargs
                 )
             )
             return jnp.zeros(shape.shape, shape.dtype)
-        fn = nt.empirical_ntk_fn(_on_trainable(apply_fn, frozen), **options)
-        return fn(x1, x2, trainable, **apply_fn_kwargs)
+        fn = nt.empirical_ntk_fn(view.fn, **options)
+        return fn(x1, x2, view.leaves, **apply_fn_kwargs)
 
     return unchecked_ntk_fn
 

@@ -473,6 +473,91 @@ def test_empirical_frozen_layers_groups_and_options(x64):
     np.testing.assert_allclose(option_parts.sum(0), full_options, rtol=1e-12)
 
 
+def several_outputs():
+    # A list of two outputs: one NTK (and one stack of rows) per output.
+    return [
+        stax.Dense(8, W_std=1.2, b_std=0.2),
+        stax.Relu(),
+        stax.FanOut(2),
+        stax.parallel(stax.Dense(1, b_std=0.1), stax.Dense(3, W_std=1.4, b_std=0.3)),
+    ]
+
+
+def dropout():
+    # `apply_fn_kwargs`: the `rng` of `Dropout`, split by NT for x1 and x2.
+    return [
+        stax.Dense(8, W_std=1.2, b_std=0.2),
+        stax.Dropout(0.7),
+        stax.Erf(),
+        stax.Dense(2, W_std=1.1, b_std=0.1),
+    ]
+
+
+OTHER_CALLS = {
+    # network, its layers with parameters, apply_fn_kwargs
+    "several-outputs": (several_outputs, (0, 3), {}),
+    "kwargs": (dropout, (0, 3), {"rng": jax.random.PRNGKey(5)}),
+}
+
+
+@pytest.mark.parametrize("second", SECONDS)
+@pytest.mark.parametrize("family", OTHER_CALLS)
+def test_empirical_decomposition_of_other_calls(family, second, x64):
+    """Networks the structured contractions leave to NT: each row equals NT
+    implementation 1 on the network with every other layer frozen, and the rows
+    sum to NT implementation 1's full NTK (per output)."""
+    make, param_layers, kwargs = OTHER_CALLS[family]
+    init_fn, apply_fn, _ = stax.serial(*make())
+    x1, x2 = inputs((3,), n1=3, n2=2, same=second == "x2=None")
+    _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
+    decomposition = empirical_ntk_decomposition(make(), input_shape=x1.shape)
+    only = []
+    for i in param_layers:
+        init_i, apply_i, _ = stax.serial(*freeze_all_but(make(), {i}))
+        like = jax.eval_shape(lambda i=init_i: i(jax.random.PRNGKey(0), x1.shape)[1])
+        only.append((apply_i, freeze_like(params, like)))
+
+    def everything(x1, x2, params, kwargs):
+        reference = nt.empirical_ntk_fn(apply_fn, implementation=1)
+        rows = [
+            nt.empirical_ntk_fn(apply_i, implementation=1)(x1, x2, p, **kwargs)
+            for apply_i, p in only
+        ]
+        return (
+            decomposition(x1, x2, params, **kwargs),
+            reference(x1, x2, params, **kwargs),
+            rows,
+        )
+
+    parts, full, rows = fast_jit(everything, x1, x2, params, kwargs)
+    assert [g.indices for g in decomposition.groups] == [(i,) for i in param_layers]
+    if family == "several-outputs":
+        assert isinstance(parts, list) and len(parts) == len(full) == 2
+    else:
+        parts, full, rows = [parts], [full], [[row] for row in rows]
+    for k, (stack, ntk) in enumerate(zip(parts, full)):
+        assert stack.shape == (len(param_layers), *ntk.shape)
+        np.testing.assert_allclose(stack.sum(0), ntk, rtol=1e-12, err_msg=str(k))
+        for g, row in enumerate(rows):
+            assert rel_err(stack[g], ntk) > 0.001
+            np.testing.assert_allclose(stack[g], row[k], rtol=1e-12, err_msg=str(g))
+
+
+@pytest.mark.parametrize("family", ["mlp", "several-outputs"])
+def test_empirical_decomposition_without_groups_is_an_empty_stack(family, x64):
+    """Every layer frozen: no default group, a stack of no rows, per output."""
+    make = {"mlp": lambda: deep_mlp(depth=1), "several-outputs": several_outputs}
+    layers = [Frozen(layer) for layer in make[family]()]
+    init_fn, apply_fn, _ = stax.serial(*layers)
+    x1, x2 = inputs((3,), n1=3, n2=2)
+    _, params = init_fn(jax.random.PRNGKey(3), x1.shape)
+    parts = empirical_ntk_decomposition(layers)(x1, x2, params)
+    full = nt.empirical_ntk_fn(apply_fn, implementation=1)(x1, x2, params)
+    for stack, ntk in zip(*(jax.tree_util.tree_leaves(t) for t in (parts, full))):
+        assert stack.shape == (0, *ntk.shape) and stack.dtype == ntk.dtype
+    assert jax.tree_util.tree_structure(parts) == jax.tree_util.tree_structure(full)
+
+
 # Errors ------------------------------------------------------------------------
 
 

@@ -24,8 +24,8 @@ from nt_frozen.dynamics.schedule import (
     check_times,
     gd_schedule,
 )
-from nt_frozen.params import merge, split
-from nt_frozen.rates import apply_learning_rates
+from nt_frozen.rates import check_rates_fit
+from nt_frozen.restrict import restrict
 
 
 class EnsemblePredictions(NamedTuple):
@@ -107,36 +107,38 @@ def _train_members(
 
     def one_member(key):
         _, params = init_fn(key, x_train.shape)
-        trainable, frozen = split(params)
+        check_rates_fit(params, "train_ensemble")
+        # The trainable leaves alone, plain derivatives: frozen leaves are
+        # constants, and the rates act on the steps below.
+        net = restrict(apply_fn, params, rated=False)
 
-        def loss(trainable):
+        def loss(leaves):
             # Mean over all of y: NT's normalization 1 / (2 N), N = y.size.
-            out = apply_fn(merge(trainable, frozen), x_train)
+            out = net.fn(leaves, x_train)
             return 0.5 * jnp.mean((out - y_train) ** 2)
 
         grad = jax.grad(loss)
 
-        def outputs(trainable):
-            params = merge(trainable, frozen)
-            train = apply_fn(params, x_train) if return_train else None
-            return apply_fn(params, x_test), train
+        def outputs(leaves):
+            train = net.fn(leaves, x_train) if return_train else None
+            return net.fn(leaves, x_test), train
 
-        def segment(trainable, schedule):
+        def segment(leaves, schedule):
             n, eta = schedule
 
-            def step(i, trainable):
+            def step(i, leaves):
                 # Per-leaf rates (`LearningRate`): a leaf at rate r moves r x eta.
-                g = apply_learning_rates(grad(trainable))
+                g = [d if r == 1.0 else r * d for d, r in zip(grad(leaves), net.rates)]
                 if progress:
                     report(key, i, n)
-                return jax.tree_util.tree_map(lambda p, d: p - eta * d, trainable, g)
+                return tuple(p - eta * d for p, d in zip(leaves, g))
 
-            trainable = lax.fori_loop(0, n, step, trainable)
-            return trainable, outputs(trainable)
+            leaves = lax.fori_loop(0, n, step, leaves)
+            return leaves, outputs(leaves)
 
         test_0 = apply_fn(params, x_test)
         train_0 = apply_fn(params, x_train)
-        _, (test, train) = lax.scan(segment, trainable, (n_steps, step_sizes))
+        _, (test, train) = lax.scan(segment, net.leaves, (n_steps, step_sizes))
         return test, train, test_0, train_0
 
     # lax.map bounds memory to `member_batch_size` members' parameters at once.

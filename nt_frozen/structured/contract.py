@@ -16,10 +16,11 @@ import numpy as np
 
 from nt_frozen._compat import _dot_general, nt, nt_utils
 from nt_frozen.params import trainable_mask
-from nt_frozen.rates import learning_rates, scale_jacobian
+from nt_frozen.rates import learning_rates
+from nt_frozen.restrict import restrict
 from nt_frozen.structured.jaxpr import Eqn, Lit, Program, bind, evaluate, shape_of
 from nt_frozen.structured.matching import Target
-from nt_frozen.structured.plan import Analysis, Side, analyse
+from nt_frozen.structured.plan import Analysis, NTKPlan, NTKRequest, Side, analyse
 
 PyTree = Any
 
@@ -187,29 +188,20 @@ def _per_example_jacobian(prog, t: Target, eqn: Eqn, a, d, p, recorded):
     return jax.vmap(row, in_axes=(t.a_axis, 0))(a, d)
 
 
-def _nt_block_ntk(
-    apply_fn, analysis: Analysis, block, rates, x1, x2, nt_options, apply_fn_kwargs
-):
-    """NT's NTK of the leaves in `block` (others, frozen included, constant),
-    each leaf's Jacobian scaled by the square root of its learning rate.
-    `nt_options` holds every keyword argument of `nt.empirical_ntk_fn` but
-    the implementation and `vmap_axes`, which the plan sets."""
-    leaves, treedef = analysis.leaves, analysis.treedef
-
-    def apply_block(sub, x, **kw):
-        full = list(leaves)
-        for i, value in zip(block, sub):
-            # Same value, derivative scaled by sqrt(rate) (`LearningRate`).
-            full[i] = scale_jacobian(value, rates[i])
-        return apply_fn(jax.tree_util.tree_unflatten(treedef, full), x, **kw)
-
+def _nt_block_ntk(request: NTKRequest, plan: NTKPlan, block: Sequence[int]):
+    """NT's NTK of the leaves in `block`, the others (frozen included)
+    constant, each leaf's Jacobian scaled by the square root of its learning
+    rate; with the implementation and `vmap_axes` that `plan` chose."""
+    view = restrict(request.apply_fn, request.params, block)
     fn = nt.empirical_ntk_fn(
-        apply_block,
-        vmap_axes=analysis.plan.nt_vmap_axes,
-        implementation=analysis.plan.nt_implementation,
-        **nt_options,
+        view.fn,
+        trace_axes=request.trace_axes,
+        diagonal_axes=request.diagonal_axes,
+        vmap_axes=plan.nt_vmap_axes,
+        implementation=plan.nt_implementation,
+        **request.nt_options,
     )
-    return fn(x1, x2, [leaves[i] for i in block], **apply_fn_kwargs)
+    return fn(request.x1, request.x2, view.leaves, **request.apply_fn_kwargs)
 
 
 def _no_examples(x1, x2) -> bool:
@@ -241,42 +233,44 @@ def block_ntks(
     mask = jax.tree_util.tree_leaves(trainable_mask(params))
     rates = jax.tree_util.tree_leaves(learning_rates(params))
     blocks = [[i for i in block if mask[i]] for block in blocks]
-
-    def zeros():
-        return _zeros_like_ntk(
-            apply_fn, x1, x2, params, trace_axes, diagonal_axes, apply_fn_kwargs
-        )
-
-    if _no_examples(x1, x2):  # an empty kernel, as NT gives
-        return [zeros() for _ in blocks]
-    analysis = analyse(
-        apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
+    request = NTKRequest(
+        apply_fn,
+        x1,
+        x2,
+        params,
+        trace_axes=trace_axes,
+        diagonal_axes=diagonal_axes,
+        vmap_axes=vmap_axes,
+        nt_options=nt_options or {},
+        apply_fn_kwargs=apply_fn_kwargs,
     )
+    if _no_examples(x1, x2):  # an empty kernel, as NT gives
+        return [_zeros_like_ntk(request) for _ in blocks]
+    analysis = analyse(request)
     matched = set(analysis.sides[0].targets) if analysis.sides else set()
     structured = [None] * len(blocks)
     if matched:
         structured = _structured_blocks(
             analysis, blocks, rates, trace_axes, diagonal_axes
         )
-    options = dict(trace_axes=trace_axes, diagonal_axes=diagonal_axes)
-    options.update(nt_options or {})
     results = []
     for block, ntk in zip(blocks, structured):
         rest = [i for i in block if i not in matched]
         if rest:
-            theirs = _nt_block_ntk(
-                apply_fn, analysis, rest, rates, x1, x2, options, apply_fn_kwargs
-            )
+            theirs = _nt_block_ntk(request, analysis.plan, rest)
             ntk = theirs if ntk is None else ntk + theirs
-        results.append(zeros() if ntk is None else ntk)
+        results.append(_zeros_like_ntk(request) if ntk is None else ntk)
     return results
 
 
-def _zeros_like_ntk(apply_fn, x1, x2, params, trace_axes, diagonal_axes, kwargs):
+def _zeros_like_ntk(request: NTKRequest):
     """Zeros of the NTK's shape (a block without trainable leaves)."""
     shape = jax.eval_shape(
         lambda: nt.empirical_ntk_fn(
-            apply_fn, trace_axes, diagonal_axes, implementation=1
-        )(x1, x2, params, **kwargs)
+            request.apply_fn,
+            request.trace_axes,
+            request.diagonal_axes,
+            implementation=1,
+        )(request.x1, request.x2, request.params, **request.apply_fn_kwargs)
     )
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)

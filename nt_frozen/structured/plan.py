@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -70,6 +70,24 @@ class NTKPlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class NTKRequest:
+    """One empirical NTK asked for: the network, its inputs and NT's options.
+
+    `nt_options` holds the keyword arguments of `nt.empirical_ntk_fn` other
+    than the axes and the implementation (which the plan chooses)."""
+
+    apply_fn: Callable
+    x1: Any
+    x2: Any
+    params: PyTree
+    trace_axes: Any = (-1,)
+    diagonal_axes: Any = ()
+    vmap_axes: Any = None
+    nt_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    apply_fn_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Side:
     """One input set (`x1` or `x2`): its program and the matched leaves."""
 
@@ -82,7 +100,6 @@ class Side:
 class Analysis:
     plan: NTKPlan
     leaves: list
-    treedef: Any
     # (x1's,) when x2 is None, else (x1's, x2's); empty when NT takes it all.
     sides: tuple[Side, ...] = ()
 
@@ -139,9 +156,10 @@ def _trace(apply_fn, leaves, treedef, x):
     return prog, axes, out_shape, out_axes
 
 
-def analyse(
-    apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, kwargs
-) -> Analysis:
+def analyse(request: NTKRequest) -> Analysis:
+    """The plan for `request`, with what the contractions need."""
+    apply_fn, x1, x2, params = request.apply_fn, request.x1, request.x2, request.params
+    trace_axes, diagonal_axes = request.trace_axes, request.diagonal_axes
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [jax.tree_util.keystr(p) for p, _ in path_leaves]
     leaves = [leaf for _, leaf in path_leaves]
@@ -149,11 +167,11 @@ def analyse(
     trainable = tuple(i for i, m in enumerate(mask) if m)
 
     def fallback(independent, reason, out_axes=0) -> Analysis:
-        impl, vm = _nt_choice(independent, vmap_axes, out_axes)
+        impl, vm = _nt_choice(independent, request.vmap_axes, out_axes)
         plans = tuple(LeafPlan(paths[i], "nt", reason) for i in trainable)
-        return Analysis(NTKPlan(independent, plans, impl, vm, reason), leaves, treedef)
+        return Analysis(NTKPlan(independent, plans, impl, vm, reason), leaves)
 
-    if kwargs:
+    if request.apply_fn_kwargs:
         return fallback(None, "apply_fn_kwargs")
     inputs = [x1] if x2 is None else [x1, x2]
     if not all(isinstance(x, (jax.Array, np.ndarray)) for x in inputs) or (
@@ -220,10 +238,10 @@ def analyse(
         for side, t in zip(targets, found):
             side[i] = dataclasses.replace(t, gram=gram)
         leaf_plans.append(LeafPlan(paths[i], "gram" if gram else "jacobian"))
-    impl, vm = _nt_choice(True, vmap_axes)
+    impl, vm = _nt_choice(True, request.vmap_axes)
     plan = NTKPlan(True, tuple(leaf_plans), impl, vm)
     sides = tuple(Side(x, p[0], t) for x, p, t in zip(inputs, programs, targets))
-    return Analysis(plan, leaves, treedef, sides)
+    return Analysis(plan, leaves, sides)
 
 
 def ntk_plan(
@@ -253,6 +271,14 @@ def ntk_plan(
       >>> plan.path, [leaf.method for leaf in plan.leaves]
       ('structured', ['gram', 'gram'])
     """
-    return analyse(
-        apply_fn, x1, x2, params, trace_axes, diagonal_axes, vmap_axes, apply_fn_kwargs
-    ).plan
+    request = NTKRequest(
+        apply_fn,
+        x1,
+        x2,
+        params,
+        trace_axes,
+        diagonal_axes,
+        vmap_axes,
+        apply_fn_kwargs=apply_fn_kwargs,
+    )
+    return analyse(request).plan
