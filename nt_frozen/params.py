@@ -291,7 +291,6 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
     )
 
 
-
 def learning_rates(params: PyTree) -> PyTree:
     """Each leaf's effective learning rate, a Python float, in a plain tree.
 
