@@ -19,8 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_frozen.params import is_frozen
-from nt_frozen.rates import is_rated
+from nt_frozen.markers import is_frozen, is_rated
 
 PyTree = Any
 

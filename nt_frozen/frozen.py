@@ -31,7 +31,7 @@ from nt_frozen._stax_utils import (
     replace_ntks,
     zeros_like_ntks,
 )
-from nt_frozen.params import freeze_params, frozen_values
+from nt_frozen.markers import freeze_params, frozen_values
 
 _FROZEN_MARK = "_nt_frozen_layer"
 
@@ -147,7 +147,7 @@ def Frozen(layer: Layer) -> Layer:  # noqa: N802 (stax layers are CamelCase)
       A layer triple with
 
       - `init_fn`: the same parameters (same values for the same key), wrapped
-        in :class:`~nt_frozen.params.FrozenParams`;
+        in :class:`~nt_frozen.FrozenParams`;
       - `apply_fn`: the same outputs; gradients flow to the inputs, and are
         exactly zero for the layer's own parameters;
       - `kernel_fn`: every `Kernel` field as `layer` computes it, except the

@@ -1,10 +1,10 @@
-"""Frozen parameters: a marker pytree node, and the trainable/frozen partition.
+"""The trainable/frozen partition of marked parameters, and per-leaf rates.
 
-`Frozen(layer).init_fn` returns the wrapped layer's parameters inside a
-:class:`FrozenParams` node. The node is an ordinary pytree node (its child is
-the original parameter tree), so frozen parameters are saved, loaded, mapped
-and replaced like any others, while :func:`split`, :func:`merge` and
-:func:`trainable_mask` can still tell them apart at any nesting depth.
+The markers (:class:`~nt_frozen.FrozenParams`, :class:`~nt_frozen.RatedParams`,
+in :mod:`nt_frozen.markers`) are ordinary pytree nodes, so marked parameters
+are saved, loaded, mapped and replaced like any others, while :func:`split`,
+:func:`merge`, the masks and :func:`labels` can still tell frozen leaves apart
+at any nesting depth, and :func:`learning_rates` reads each leaf's rate.
 """
 
 from __future__ import annotations
@@ -13,76 +13,15 @@ from typing import Any
 
 import jax
 
-PyTree = Any
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class FrozenParams:
-    """Marks the parameters of a frozen layer; its single child is the tree.
-
-    Example:
-      >>> import jax
-      >>> node = FrozenParams({"W": 1.0})
-      >>> is_frozen(node), jax.tree_util.tree_leaves(node)
-      (True, [1.0])
-    """
-
-    __slots__ = ("params",)
-
-    def __init__(self, params: PyTree):
-        self.params = params
-
-    def tree_flatten(self):
-        return (self.params,), None
-
-    def tree_flatten_with_keys(self):
-        # Key paths read `[2].params[0]`, the attribute that holds the tree.
-        return ((jax.tree_util.GetAttrKey("params"), self.params),), None
-
-    @classmethod
-    def tree_unflatten(cls, aux_data, children):
-        del aux_data
-        return cls(children[0])
-
-    def __repr__(self) -> str:
-        return f"FrozenParams({self.params!r})"
-
-
-def is_frozen(node: Any) -> bool:
-    """True for a :class:`FrozenParams` node (use as `is_leaf` in tree maps).
-
-    Example:
-      >>> is_frozen(freeze_params({"W": 1.0})), is_frozen({"W": 1.0})
-      (True, False)
-    """
-    return isinstance(node, FrozenParams)
-
-
-def freeze_params(params: PyTree) -> PyTree:
-    """Wrap `params` in a :class:`FrozenParams` node.
-
-    A tree without leaves (a parameter-free layer) and an already frozen tree
-    are returned unchanged, so freezing is idempotent.
-
-    Example:
-      >>> freeze_params({"W": 1.0})
-      FrozenParams({'W': 1.0})
-      >>> freeze_params(()), freeze_params(freeze_params(1.0))  # idempotent
-      ((), FrozenParams(1.0))
-    """
-    if is_frozen(params) or not jax.tree_util.tree_leaves(params):
-        return params
-    return FrozenParams(params)
-
-
-def frozen_values(params: PyTree) -> PyTree:
-    """The parameter values under a (possibly absent) frozen marker.
-
-    Example:
-      >>> frozen_values(freeze_params({"W": 1.0})), frozen_values({"W": 1.0})
-      ({'W': 1.0}, {'W': 1.0})
-    """
-    return params.params if is_frozen(params) else params
+from nt_frozen.markers import (  # noqa: F401 (re-exported: nt_frozen.params)
+    FrozenParams,
+    PyTree,
+    freeze_params,
+    frozen_values,
+    is_frozen,
+    map_with_rates,
+    unmarked,
+)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -326,7 +265,7 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
       >>> is_frozen(marked[0]), jax.tree_util.tree_leaves(learning_rates(marked))
       (True, [0.0, 10.0])
     """
-    plain_like, plain = _unmarked(like), _unmarked(params)
+    plain_like, plain = unmarked(like), unmarked(params)
     # Any: jaxlib ships no type stubs for `PyTreeDef`, so mypy cannot compare it.
     expected: Any = jax.tree_util.tree_structure(plain_like)
     got: Any = jax.tree_util.tree_structure(plain)
@@ -352,16 +291,26 @@ def freeze_like(params: PyTree, like: PyTree) -> PyTree:
     )
 
 
-def _unmarked(params: PyTree) -> PyTree:
-    """`params` without any marker node (frozen or rated)."""
-    # Imported here: `nt_frozen.rates` builds on this module.
-    from nt_frozen.rates import RatedParams
+def learning_rates(params: PyTree) -> PyTree:
+    """Each leaf's effective learning rate, a Python float, in a plain tree.
 
-    def visit(node):
-        if isinstance(node, (FrozenParams, RatedParams)):
-            return _unmarked(node.params)
-        return node
+    The product of the rates of the :class:`~nt_frozen.RatedParams` markers
+    above a leaf; 0 under a :class:`~nt_frozen.FrozenParams` marker; 1
+    elsewhere. The result has the layout of `params` without the marker nodes
+    (numbers, not markers, at every level), and its leaves come in the order
+    of `jax.tree_util.tree_leaves(params)`. To scale gradients or updates,
+    which keep the markers, use :func:`~nt_frozen.apply_learning_rates`.
 
-    return jax.tree_util.tree_map(
-        visit, params, is_leaf=lambda n: isinstance(n, (FrozenParams, RatedParams))
-    )
+    Example:
+      >>> import jax
+      >>> from nt_frozen import Frozen, LearningRate, learning_rates, stax
+      >>> dense = lambda n: stax.Dense(n, b_std=0.1)
+      >>> init_fn, _, _ = stax.serial(
+      ...     LearningRate(dense(3), 0.1), stax.Relu(),
+      ...     LearningRate(stax.serial(dense(3), Frozen(dense(3)),
+      ...                              LearningRate(dense(1), 10.)), 2.))
+      >>> _, params = init_fn(jax.random.PRNGKey(0), (1, 4))
+      >>> learning_rates(params)
+      [(0.1, 0.1), (), [(2.0, 2.0), (0.0, 0.0), (20.0, 20.0)]]
+    """
+    return map_with_rates(lambda _, rate: float(rate), params, keep_markers=False)

@@ -2,7 +2,7 @@
 NT features nt_frozen relies on run and agree with independent references, and
 the compatibility layer checks NT's version first and loads only once.
 
-Every patch in `nt_frozen/_compat.py` is covered here (CI runs this file on
+Every patch in `nt_frozen/_compat/` is covered here (CI runs this file on
 every supported Python and the declared-minimum JAX):
 - restored `jax.core` names, `jax.util`, `ad.zeros_like_p`, the
   `experimental` stand-in: `test_imports_without_tensorflow`,

@@ -1,6 +1,13 @@
-"""Trainable/frozen partition, optimizer masks, and training with optax."""
+"""Trainable/frozen partition, optimizer masks, and training with optax; the
+walk through markers, and the layering of the modules below the layers."""
 
 from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +20,7 @@ from nt_frozen import (
     Frozen,
     FrozenParams,
     LearningRate,
+    RatedParams,
     freeze_like,
     labels,
     learning_rates,
@@ -22,6 +30,7 @@ from nt_frozen import (
     trainable_mask,
     unfreeze,
 )
+from nt_frozen.markers import map_with_rates
 from nt_frozen.testing import frozen_middle_mlp
 
 
@@ -268,3 +277,95 @@ def test_freeze_like_copies_rates_and_frozen_marks():
         jax.tree_util.tree_leaves(marked), jax.tree_util.tree_leaves(pretrained)
     ):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_walk_multiplies_rates_frozen_as_zero():
+    """Each leaf's rate is the product of the markers above it, a frozen one
+    counting 0 (rates worked out by hand); markers are kept, or dropped."""
+    tree = [
+        RatedParams({"a": 1.0, "f": FrozenParams(RatedParams(2.0, 3.0))}, 0.5),
+        FrozenParams({"z": 4.0}),
+        RatedParams(RatedParams(6.0, 4.0), 0.25),
+        5.0,
+    ]
+    rates = map_with_rates(lambda _, rate: rate, tree)
+    structure = jax.tree_util.tree_structure
+    assert structure(rates) == structure(tree)
+    assert jax.tree_util.tree_leaves(rates) == [0.5, 0.0, 0.0, 1.0, 1.0]
+    assert (
+        repr(rates[0]) == "RatedParams({'a': 0.5, 'f': FrozenParams("
+        "RatedParams(0.0, rate=3.0))}, rate=0.5)"
+    )
+    values = map_with_rates(lambda leaf, _: leaf, tree, keep_markers=False)
+    assert values == [{"a": 1.0, "f": 2.0}, {"z": 4.0}, 6.0, 5.0]
+
+
+# What each module below the layers may load (besides itself): markers is the
+# floor, params and the rate scaling stand on it alone, without NT.
+FLOOR = {
+    "markers": set(),
+    "params": {"markers"},
+    "rate_scaling": {"markers"},
+    "checks": {"markers"},
+}
+ROOT = pathlib.Path(nt_frozen.__file__).parent
+
+
+@pytest.mark.parametrize("module", sorted(FLOOR))
+def test_the_floor_loads_only_what_it_stands_on(module):
+    """Imported alone (under an empty `nt_frozen` package, so that its
+    `__init__` loads nothing), a floor module loads only its own floor, and
+    no neural-tangents."""
+    code = textwrap.dedent(
+        f"""
+        import sys, types
+        package = types.ModuleType("nt_frozen")
+        package.__path__ = [{str(ROOT)!r}]
+        sys.modules["nt_frozen"] = package
+        import nt_frozen.{module}
+        print(sorted(m[len("nt_frozen."):] for m in sys.modules
+                     if m.startswith("nt_frozen.")))
+        print("neural_tangents" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded, nt_loaded = out.stdout.split("\n")[:2]
+    assert loaded == str(sorted(FLOOR[module] | {module}))
+    assert nt_loaded == "False"
+
+
+LAYERS = ("markers", "params", "rate_scaling", "checks", "frozen", "rates")
+
+
+def _imports(path: pathlib.Path) -> list[tuple[str, bool]]:
+    """`(module, at top level)` for each nt_frozen module `path` imports."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "nt_frozen"
+        ):
+            found.append((node.module, id(node) in top))
+        elif isinstance(node, ast.Import):
+            found += [
+                (a.name, id(node) in top)
+                for a in node.names
+                if a.name.startswith("nt_frozen")
+            ]
+    return found
+
+
+def test_the_layers_import_downwards_only():
+    """Markers, params, frozen and rates import each other at the top of the
+    module only (no import deferred into a function to dodge a cycle), and
+    each imports only modules listed before it."""
+    for i, name in enumerate(LAYERS):
+        below = {f"nt_frozen.{m}" for m in LAYERS[:i]}
+        for module, at_top in _imports(ROOT / f"{name}.py"):
+            assert at_top, (name, module)
+            if module.removeprefix("nt_frozen.") in LAYERS:
+                assert module in below, (name, module)

@@ -262,10 +262,8 @@ def _compile_faster_on_cpu(device: str) -> bool:
     JAX has not started its backends yet (XLA reads the flags once, at that
     start). Flags the user set win; GPU and TPU compiles are left alone (the
     flag would apply to their kernels too). Returns whether it was added."""
-    try:  # no public name; without it, assume the backends have started
-        from jax._src.xla_bridge import backends_are_initialized
-    except ImportError:  # pragma: no cover - depends on jax's internals
-        return False
+    from nt_frozen._compat import backends_are_initialized
+
     flags = os.environ.get("XLA_FLAGS", "")
     cpu_only = os.environ.get("JAX_PLATFORMS", "").strip() == "cpu" or not any(
         importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS
