@@ -9,7 +9,6 @@ import pytest
 
 from nt_frozen.validation import ARCHITECTURES, run_validation
 
-
 # The CNN's identity-guess control needs >= 256 channels to be rejected.
 DECISIVE = {"cnn-frozen-conv-block": ([256, 1024], 8)}
 
