@@ -12,6 +12,8 @@ Constants:
     are frozen, by name: `"frozen_middle"`, `"readout_only"` (only the readout
     trains) and `"first_layer_only"` (only the first Dense trains).
   MLP_WEIGHTS: `(W_std, b_std)` of the three Dense layers of the sweep's MLPs.
+  FAMILIES: one network per kind of layer (:class:`Family`), for the
+    identity tests and the agreement with empirical draws.
 
 Example:
   >>> import jax.numpy as jnp
@@ -25,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 from nt_frozen._compat import stax
 from nt_frozen._stax_utils import Layer
@@ -32,10 +35,13 @@ from nt_frozen.frozen import Frozen
 from nt_frozen.rates import LearningRate
 
 __all__ = [
+    "FAMILIES",
     "FREEZING_PATTERNS",
+    "Family",
     "MLP_WEIGHTS",
     "cnn_layers",
     "freeze_all_but",
+    "frozen_family",
     "frozen_middle_mlp",
     "mlp_layers",
     "rated_mlp_layers",
@@ -252,3 +258,98 @@ def rated_residual_layers(width: int, rates: Sequence[float]) -> list[Layer]:
         relu,
         LearningRate(readout, rates[2]),
     ]
+
+
+# --- Families: one network per kind of layer, for identities and agreement ---
+
+
+def _mlp_family(width: int, parameterization: str = "ntk") -> list[Layer]:
+    p = {"parameterization": parameterization}
+    return [
+        stax.Dense(width, W_std=1.2, b_std=0.3, **p),
+        stax.Relu(),
+        stax.Dense(width, W_std=1.5, b_std=0.4, **p),
+        stax.Relu(),
+        stax.Dense(1, W_std=1.5, b_std=0.2, **p),
+    ]
+
+
+def _cnn_family(width: int) -> list[Layer]:
+    return [
+        stax.Conv(width, (3, 3), padding="SAME", W_std=1.3, b_std=1.0),
+        stax.Relu(),
+        stax.Conv(width, (3, 3), padding="SAME", W_std=2.0, b_std=0.1),
+        stax.AvgPool((2, 2)),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1, W_std=1.0),
+    ]
+
+
+def _residual_family(width: int) -> list[Layer]:
+    branch = stax.serial(stax.Relu(), stax.Dense(width, W_std=1.5, b_std=0.3))
+    block = stax.serial(
+        stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum()
+    )
+    return [stax.Dense(width, W_std=1.2, b_std=0.2), block, stax.Relu(), stax.Dense(1)]
+
+
+def _attention_family(width: int) -> list[Layer]:
+    return [
+        stax.Dense(width, W_std=1.2, b_std=0.2),
+        stax.GlobalSelfAttention(
+            width, width, width, n_heads=2, W_out_std=1.5, b_std=0.1
+        ),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ]
+
+
+def _repeat_family(width: int) -> list[Layer]:
+    block = stax.serial(stax.Relu(), stax.Dense(width, W_std=1.5, b_std=0.4))
+    return [
+        stax.Dense(width, b_std=0.2),
+        stax.repeat(block, 3),
+        stax.Relu(),
+        stax.Dense(1),
+    ]
+
+
+class Family(NamedTuple):
+    """A network family: `layers(width)` of a `stax.serial` network, the
+    shape of one input, and the index of the layer the frozen variant
+    freezes (see :func:`frozen_family`)."""
+
+    layers: Callable[[int], list[Layer]]
+    input_shape: tuple[int, ...]
+    frozen_index: int
+
+
+#: One network per kind of layer: Dense in both parameterizations, Conv with
+#: pooling, a residual block, attention, `stax.repeat`. In standard
+#: parameterization the readout's own term grows with the width and dominates
+#: the NTK, so freezing a hidden layer barely shows: its readout is frozen.
+FAMILIES: dict[str, Family] = {
+    "mlp-ntk": Family(_mlp_family, (6,), 2),
+    "mlp-standard": Family(lambda width: _mlp_family(width, "standard"), (6,), 4),
+    "cnn": Family(_cnn_family, (4, 4, 2), 2),
+    "residual": Family(_residual_family, (6,), 1),
+    "attention": Family(_attention_family, (4, 3), 1),
+    "repeat": Family(_repeat_family, (6,), 1),
+}
+
+
+def frozen_family(name: str, width: int, freeze: Wrap = Frozen) -> list[Layer]:
+    """The layers of family `name` at `width` with `freeze` applied to its
+    `frozen_index` layer.
+
+    Example:
+      >>> from nt_frozen import is_frozen_layer
+      >>> [is_frozen_layer(layer) for layer in frozen_family("mlp-ntk", 8)]
+      [False, False, True, False, False]
+    """
+    family = FAMILIES[name]
+    layers = family.layers(width)
+    layers[family.frozen_index] = freeze(layers[family.frozen_index])
+    return layers

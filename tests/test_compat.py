@@ -34,8 +34,7 @@ import numpy as np
 import pytest
 
 from nt_frozen import Frozen, nt, stax
-
-pytestmark = pytest.mark.compat_matrix
+from nt_frozen.networks import frozen_middle_mlp
 
 
 @pytest.mark.parametrize(
@@ -202,19 +201,9 @@ def test_gradient_descent_mse_under_jit():
         np.testing.assert_allclose(jitted(t)[1], predict(k_train, t)[1], rtol=2e-5)
 
 
-def _mlp(width=8):
-    return stax.serial(
-        stax.Dense(width, b_std=0.1),
-        stax.Relu(),
-        Frozen(stax.Dense(width, W_std=1.3)),
-        stax.Relu(),
-        stax.Dense(1),
-    )
-
-
 def test_structured_derivatives_under_jax_enable_checks():
     """NT's own checks-only assertion uses names JAX removed; it is skipped."""
-    init_fn, apply_fn, _ = _mlp()
+    init_fn, apply_fn, _ = frozen_middle_mlp(8)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
     previous = jax.config.jax_enable_checks
@@ -231,7 +220,7 @@ def test_max_learning_rate_is_the_stability_limit():
     """Gradient descent on MSE moves `f` by `-(lr / n) K (f - y)`: below NT's
     `max_learning_rate` every mode contracts, just above it the top one grows.
     Checked by iterating in float64 numpy, no eigensolver involved."""
-    _, _, kernel_fn = _mlp()
+    _, _, kernel_fn = frozen_middle_mlp(8)
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
     ntk = kernel_fn(x, None, "ntk")
     lr = float(nt.predict.max_learning_rate(ntk))

@@ -24,7 +24,6 @@ def _cnn_frozen_middle():
     )
 
 
-@pytest.mark.compat_matrix
 @pytest.mark.parametrize("implementation", [1, 2, 3])
 @pytest.mark.parametrize(
     "make, shape",
@@ -78,7 +77,6 @@ def test_empirical_kernel_fn_get_and_all_frozen():
     assert zero.shape == (4, 4)
 
 
-@pytest.mark.compat_matrix
 def test_monte_carlo_kernel_fn_matches_average_of_draws():
     init_fn, apply_fn, _ = frozen_middle_mlp(64)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 5))

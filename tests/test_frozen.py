@@ -24,7 +24,7 @@ in float64:
   the incoming NTK (so neither the "unfrozen" nor the "identity" guess passes);
 - attention and `FanInProd` match independent closed forms (numpy).
 
-Against the empirical NTK: the analytic frozen NTK vs the Monte Carlo mean of
+Against the empirical NTK (slow): the analytic frozen NTK vs the Monte Carlo mean of
 finite-width empirical NTKs
 (`nt.empirical_ntk_fn` on the frozen network's `apply_fn`), per architecture
 family. The tolerance is the Monte Carlo standard error of the mean plus an
@@ -47,6 +47,8 @@ import numpy as np
 import pytest
 
 from nt_frozen import Frozen, FrozenParams, LearningRate, nt, stax
+from nt_frozen.networks import FAMILIES as NETWORK_FAMILIES
+from nt_frozen.networks import frozen_family
 from nt_frozen.testing import (
     LAYER_CASES,
     assert_same_fields_but_ntk,
@@ -64,83 +66,14 @@ from nt_frozen.validation.statistics import agreement
 W_STD, B_STD = 1.5, 0.4
 
 
-def mlp_layers():
-    return [
-        stax.Dense(16, W_std=1.2, b_std=0.3),
-        stax.Relu(),
-        stax.Dense(16, W_std=W_STD, b_std=B_STD),
-        stax.Erf(),
-        stax.Dense(1, W_std=0.9, b_std=0.2),
-    ]
-
-
-def mlp_standard_layers():
-    return [
-        stax.Dense(16, W_std=1.2, b_std=0.3, parameterization="standard"),
-        stax.Relu(),
-        stax.Dense(16, W_std=W_STD, b_std=B_STD, parameterization="standard"),
-        stax.Relu(),
-        stax.Dense(1, W_std=0.9, b_std=0.2, parameterization="standard"),
-    ]
-
-
-def cnn_layers():
-    return [
-        stax.Conv(8, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.Conv(8, (2, 2), padding="SAME", W_std=W_STD, b_std=B_STD),
-        stax.AvgPool((2, 2)),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1, W_std=1.1, b_std=0.1),
-    ]
-
-
-def residual_layers():
-    block = stax.serial(
-        stax.FanOut(2),
-        stax.parallel(
-            stax.serial(stax.Relu(), stax.Dense(16, W_std=W_STD, b_std=B_STD)),
-            stax.Identity(),
-        ),
-        stax.FanInSum(),
-    )
-    return [
-        stax.Dense(16, W_std=1.1, b_std=0.2),
-        block,
-        stax.Relu(),
-        stax.Dense(1, b_std=0.1),
-    ]
-
-
-def attention_layers():
-    return [
-        stax.Dense(8, W_std=1.2, b_std=0.2),
-        stax.GlobalSelfAttention(8, 8, 8, n_heads=2, W_out_std=1.3, b_std=0.1),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1, W_std=1.1),
-    ]
-
-
-def repeat_layers():
-    return [
-        stax.Dense(8, b_std=0.2),
-        stax.repeat(
-            stax.serial(stax.Relu(), stax.Dense(8, W_std=W_STD, b_std=B_STD)), 3
-        ),
-        stax.Relu(),
-        stax.Dense(1),
-    ]
-
-
+# The zoo's families at small widths: the identities are exact at any width.
+EXACT_WIDTH = {"cnn": 8, "attention": 8, "repeat": 8}
 FAMILIES = {
-    "mlp": (mlp_layers, (4,)),
-    "mlp-standard": (mlp_standard_layers, (4,)),
-    "cnn": (cnn_layers, (4, 4, 2)),
-    "residual": (residual_layers, (4,)),
-    "attention": (attention_layers, (5, 3)),
-    "repeat": (repeat_layers, (4,)),
+    name: (
+        functools.partial(family.layers, EXACT_WIDTH.get(name, 16)),
+        family.input_shape,
+    )
+    for name, family in NETWORK_FAMILIES.items()
 }
 
 
@@ -219,12 +152,13 @@ def test_readout_only_is_nngp(family, dtype, same):
         # Standard parameterization: the readout's own term is
         # n_in * nngp_in + 1 (finite fan-in n_in = 16), not W_std^2 nngp_in +
         # b_std^2. Closed form, float64, independent of NT: ReLU arc-cosine maps.
+        # The zoo's MLP: (W_std, b_std) = (1.2, 0.3), (1.5, 0.4), (1.5, 0.2).
         gram, block = gram_blocks(x1, x2)
         hidden, _ = relu_arccos(1.2**2 * gram + 0.3**2)
-        hidden, _ = relu_arccos(W_STD**2 * hidden + B_STD**2)
+        hidden, _ = relu_arccos(1.5**2 * hidden + 0.4**2)
         expected = (16 * hidden + 1.0)[block]
         np.testing.assert_allclose(
-            k.nngp, (0.9**2 * hidden + 0.2**2)[block], rtol=tol(dtype)
+            k.nngp, (1.5**2 * hidden + 0.2**2)[block], rtol=tol(dtype)
         )
         assert rel_err(expected, k.nngp) > 0.5  # the NTK-parameterization rule fails
     else:
@@ -312,7 +246,7 @@ def test_composition_laws(x64):
 
 def test_get_subsets_and_jit(same):
     x1, x2 = inputs((4,), same=same)
-    layers = mlp_layers()
+    layers = FAMILIES["mlp-ntk"][0]()
     net = stax.serial(layers[0], layers[1], Frozen(layers[2]), *layers[3:])
     k = net[2](x1, x2)
     np.testing.assert_array_equal(net[2](x1, x2, "nngp"), k.nngp)
@@ -324,10 +258,9 @@ def test_get_subsets_and_jit(same):
     np.testing.assert_allclose(both.cov1, k.cov1, rtol=1e-4)
 
 
-@pytest.mark.compat_matrix
 def test_nt_batch_matches_unbatched():
     x1, x2 = inputs((4, 4, 2), n1=6, n2=4)
-    layers = cnn_layers()
+    layers = FAMILIES["cnn"][0]()
     net = stax.serial(*layers[:2], Frozen(layers[2]), *layers[3:])
     full = net[2](x1, x2, ("nngp", "ntk"))
     batched = nt.batch(net[2], batch_size=2, store_on_device=False)(
@@ -337,7 +270,6 @@ def test_nt_batch_matches_unbatched():
     np.testing.assert_allclose(batched.nngp, full.nngp, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.compat_matrix
 def test_nt_batch_on_several_devices():
     script = textwrap.dedent(
         """
@@ -702,79 +634,19 @@ def test_frozen_end_to_end_from_inputs(pre, lyr, shape, has_params, kwargs):
     )
 
 
-# --- Against the Monte Carlo mean of empirical NTKs -----------------------------
+# --- Against the Monte Carlo mean of empirical NTKs (slow) ----------------------
 
 N_DRAWS = 8
-
-
-def mlp(n, parameterization="ntk"):
-    p = {"parameterization": parameterization}
-    layers = [
-        stax.Dense(n, W_std=1.2, b_std=0.3, **p),
-        stax.Relu(),
-        stax.Dense(n, W_std=1.5, b_std=0.4, **p),
-        stax.Relu(),
-        stax.Dense(1, W_std=1.5, b_std=0.2, **p),
-    ]
-    # In standard parameterization the readout's own term grows with width and
-    # dominates the NTK, so freezing a hidden layer barely shows; freeze the
-    # readout there.
-    return layers, (8, 6), 2 if parameterization == "ntk" else 4
-
-
-def cnn(n):
-    return (
-        [
-            stax.Conv(n, (3, 3), padding="SAME", W_std=1.3, b_std=1.0),
-            stax.Relu(),
-            stax.Conv(n, (3, 3), padding="SAME", W_std=2.0, b_std=0.1),
-            stax.AvgPool((2, 2)),
-            stax.Relu(),
-            stax.Flatten(),
-            stax.Dense(1, W_std=1.0),
-        ],
-        (6, 4, 4, 2),
-        2,
-    )
-
-
-def residual(n):
-    branch = stax.serial(stax.Relu(), stax.Dense(n, W_std=1.5, b_std=0.3))
-    block = stax.serial(
-        stax.FanOut(2), stax.parallel(branch, stax.Identity()), stax.FanInSum()
-    )
-    return (
-        [stax.Dense(n, W_std=1.2, b_std=0.2), block, stax.Relu(), stax.Dense(1)],
-        (8, 6),
-        1,
-    )
-
-
-def attention(n):
-    return (
-        [
-            stax.Dense(n, W_std=1.2, b_std=0.2),
-            stax.GlobalSelfAttention(n, n, n, n_heads=2, W_out_std=1.5, b_std=0.1),
-            stax.Relu(),
-            stax.GlobalAvgPool(),
-            stax.Dense(1),
-        ],
-        (5, 4, 3),
-        1,
-    )
-
-
+# The zoo's families: (width, draws); CNN channels are cheaper kept low, with
+# more draws; `stax.repeat` is covered by the exact identities above.
 MONTE_CARLO_FAMILIES = {
-    "mlp-ntk": (functools.partial(mlp, parameterization="ntk"), 1024, N_DRAWS),
-    "mlp-standard": (
-        functools.partial(mlp, parameterization="standard"),
-        1024,
-        N_DRAWS,
-    ),
-    "cnn": (cnn, 256, 24),
-    "residual": (residual, 1024, N_DRAWS),
-    "attention": (attention, 256, N_DRAWS),
+    "mlp-ntk": (1024, N_DRAWS),
+    "mlp-standard": (1024, N_DRAWS),
+    "cnn": (256, 24),
+    "residual": (1024, N_DRAWS),
+    "attention": (256, N_DRAWS),
 }
+BATCH = {"cnn": 6, "attention": 5}
 
 
 def empirical_draws(layers, x, n_draws=N_DRAWS):
@@ -790,14 +662,15 @@ def empirical_draws(layers, x, n_draws=N_DRAWS):
     return jnp.stack([one(k) for k in keys])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", MONTE_CARLO_FAMILIES)
 def test_frozen_analytic_matches_empirical(family):
-    make, width, n_draws = MONTE_CARLO_FAMILIES[family]
-    layers, x_shape, frozen_index = make(width)
-    x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
-    frozen_layers = [
-        Frozen(lyr) if i == frozen_index else lyr for i, lyr in enumerate(layers)
-    ]
+    width, n_draws = MONTE_CARLO_FAMILIES[family]
+    layers = NETWORK_FAMILIES[family].layers(width)
+    frozen_index = NETWORK_FAMILIES[family].frozen_index
+    shape = (BATCH.get(family, 8), *NETWORK_FAMILIES[family].input_shape)
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    frozen_layers = frozen_family(family, width)
 
     draws = empirical_draws(frozen_layers, x, n_draws)
     analytic = stax.serial(*frozen_layers)[2](x, None, "ntk")

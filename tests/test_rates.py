@@ -403,6 +403,7 @@ def _draws(layers, x, n_draws):
 MONTE_CARLO = {"mlp": (512, 8), "cnn": (128, 16), "residual": (512, 8)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", MONTE_CARLO)
 def test_analytic_matches_monte_carlo_and_swapped_rates_fail(arch):
     make, rates, shape, _ = ARCHS[arch]
@@ -562,6 +563,7 @@ def _rated_run():
     )
 
 
+@pytest.mark.slow
 def test_rated_ensemble_matches_nt_predict_and_swapped_rates_fail():
     """Ensemble mean, paired mean and variance within the dynamics tests'
     tolerances `K (SE + width^-1/2)` of `nt.predict` on the rated kernel.
