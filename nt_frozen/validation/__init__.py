@@ -21,9 +21,13 @@ the kernels' distance, so the slope flattens and the score grows like
 Modules: :mod:`~nt_frozen.validation.controls` (wrong kernels that must
 FAIL), :mod:`~nt_frozen.validation.architectures` (the networks swept),
 :mod:`~nt_frozen.validation.statistics` (errors, scores, slopes, verdicts),
-:mod:`~nt_frozen.validation.sweep` (the draws, width by width, saved and
-resumed), :mod:`~nt_frozen.validation.report` (table, JSON, figure) and
-:mod:`~nt_frozen.validation.cli` (`nt-frozen validate`).
+:mod:`~nt_frozen.validation.sweep` (the draws, width by width),
+:mod:`~nt_frozen.validation.checkpoint` (each width saved, and resumed under
+the same settings only: :class:`CheckpointError` otherwise),
+:mod:`~nt_frozen.validation.report` (table, JSON, figure),
+:mod:`~nt_frozen.validation.synthetic` (a result without a sweep),
+:mod:`~nt_frozen.validation.arguments` and :mod:`~nt_frozen.validation.cli`
+(`nt-frozen validate`).
 
 Registries: `ARCHITECTURES`, the built-in networks by name
 (:class:`Architecture`); `CONTROLS`, the wrong kernels every architecture is
@@ -36,6 +40,7 @@ from nt_frozen.validation.architectures import (
     Architecture,
     load_architecture,
 )
+from nt_frozen.validation.checkpoint import CheckpointError, sweep_settings
 from nt_frozen.validation.controls import CONTROLS, IdentityGuess
 from nt_frozen.validation.report import (
     finite_or_null,
@@ -59,11 +64,11 @@ from nt_frozen.validation.sweep import (
     empirical_draws_fn,
     run_validation,
     sweep_architecture,
-    sweep_settings,
     width_kernels,
 )
 
 __all__ = [
+    "CheckpointError",
     "ARCHITECTURES",
     "CONTROLS",
     "MAX_SCORE",

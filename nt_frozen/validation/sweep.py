@@ -4,11 +4,6 @@ saved as each width finishes and resumed from what was saved."""
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.metadata
-import importlib.util
-import json
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -21,6 +16,12 @@ import numpy as np
 from nt_frozen._files import write_json_atomic
 from nt_frozen.empirical import empirical_ntk_fn
 from nt_frozen.validation.architectures import Architecture
+from nt_frozen.validation.checkpoint import (
+    CheckpointError,
+    load_width,
+    sweep_settings,
+    width_path,
+)
 from nt_frozen.validation.statistics import (
     ArchitectureResult,
     Comparison,
@@ -31,11 +32,6 @@ from nt_frozen.validation.statistics import (
 # Controls closer than this (relative) to the frozen kernel are the same kernel
 # (e.g. the identity guess for a frozen *first* layer, whose input NTK is 0).
 SAME_KERNEL_RTOL = 1e-6
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be resumed (or must not be overwritten);
-    its own class so that a caller can tell it from errors of the sweep."""
 
 
 def empirical_draws_fn(
@@ -154,90 +150,6 @@ def width_kernels(
         analytic = analytic_ntks_fn(arch, width)(x)
     # One host transfer per width, after all draws.
     return np.asarray(draws), {n: np.asarray(k) for n, k in analytic.items()}
-
-
-def package_versions() -> dict[str, str | None]:
-    """The installed versions that a sweep's numbers depend on."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    names = ("nt-frozen", "jax", "jaxlib", "neural-tangents", "numpy")
-    return {name: version(name) for name in names}
-
-
-def sweep_settings(
-    architectures: Sequence[Architecture],
-    samples: int,
-    seed: int,
-    implementation: int | None = None,
-) -> dict[str, Any]:
-    """What determines a sweep's draws: saved widths resume only under equal
-    settings (the widths themselves may differ: each width's draws depend on
-    the seed, the architecture's position and the width only).
-
-    Example:
-      >>> import jax
-      >>> from nt_frozen.validation import ARCHITECTURES
-      >>> arch = ARCHITECTURES["mlp-frozen-last"]
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (3, *arch.input_shape[1:]))
-      >>> settings = sweep_settings([arch], samples=8, seed=0)
-      >>> settings["architectures"][0]["name"], settings["samples"], settings["seed"]
-      ('mlp-frozen-last', 8, 0)
-    """
-
-    [device] = jnp.zeros(()).devices()  # the default device, honouring contexts
-    return {
-        "architectures": [
-            {
-                "name": a.name,
-                "input_shape": list(a.input_shape),
-                "width_divisor": a.width_divisor,
-            }
-            for a in architectures
-        ],
-        "samples": samples,
-        "seed": seed,
-        "implementation": implementation,
-        "dtype": jnp.zeros(()).dtype.name,  # float64 under jax_enable_x64
-        # TF32 (GPU) or bfloat16 (TPU) products differ by ~1e-3 relative: a
-        # width computed under another precision is another sweep.
-        "matmul_precision": jax.config.values["jax_default_matmul_precision"],
-        "device_kind": getattr(device, "device_kind", device.platform),
-        "versions": package_versions(),
-    }
-
-
-def _width_path(folder: Path, index: int, arch: Architecture, width: int) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", arch.name)
-    return folder / f"{index:02d}-{name}-n{width}.json"
-
-
-def _load_width(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """A saved width's kernels, refusing one saved under other settings."""
-    try:
-        saved = json.loads(path.read_text())
-        saved_settings = saved["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"cannot read the saved width {path} ({e}); delete it to recompute "
-            f"that width."
-        ) from None
-    differ = [
-        f"{k} {saved_settings.get(k)!r} (saved) vs {settings[k]!r} (now)"
-        for k in settings
-        if saved_settings.get(k) != settings[k]
-    ]
-    if differ:
-        raise CheckpointError(
-            f"cannot resume from {path.parent}: its widths were computed with "
-            f"other settings ({'; '.join(differ)}). Rerun with the saved "
-            f"settings, or write to another folder."
-        )
-    return saved
 
 
 def sweep_architecture(
@@ -409,7 +321,7 @@ def _sweep(
                 f"start afresh."
             )
         for path in saved:  # refuse mixed settings before any work
-            _load_width(path, settings)
+            load_width(path, settings)
 
     results = []
     for i, arch in enumerate(architectures):
@@ -426,11 +338,11 @@ def _sweep(
                     "draws": kernels["draws"].tolist(),
                     "analytic": {k: v.tolist() for k, v in a.items()},
                 }
-                write_json_atomic(_width_path(folder, i, arch, width), record)
+                write_json_atomic(width_path(folder, i, arch, width), record)
 
             def load(width, i=i, arch=arch):
-                path = _width_path(folder, i, arch, width)
-                return _load_width(path, settings) if path.exists() else None
+                path = width_path(folder, i, arch, width)
+                return load_width(path, settings) if path.exists() else None
 
         results.append(
             sweep_architecture(
