@@ -43,16 +43,15 @@ class DynamicsAgreement(NamedTuple):
     - `residual_rms`: root mean square over members of `member - linearized
       member`, the finite-width deviation of a single network, `O(width^-1/2)`.
 
-    Example:
-      >>> import jax
-      >>> from nt_frozen.dynamics import compare_dynamics
-      >>> from nt_frozen.dynamics.tasks import sphere_regression
-      >>> from nt_frozen.networks import three_layer_mlp
-      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
-      >>> *_, agreement = compare_dynamics(*three_layer_mlp(32, (True, True, False)),
-      ...     x, y[:, :1], x_test, [0.5, 2.0], jax.random.PRNGKey(1), 3)
-      >>> agreement.n_members, agreement.mean_error.shape  # one error per time
-      (3, (2,))
+    Example (the numbers of one time; :func:`compare_dynamics` computes them):
+      >>> import numpy as np
+      >>> one = lambda v: np.array([v])
+      >>> a = DynamicsAgreement(ts=one(1.0), n_members=48, mean_error=one(0.02),
+      ...     mean_se=one(0.01), variance_error=one(0.1), variance_se=0.21,
+      ...     paired_mean_error=one(0.004), paired_mean_se=one(0.002),
+      ...     residual_rms=one(0.02))
+      >>> a.agrees(width=1024).tolist(), a.agrees(width=1024, k=0.1).tolist()
+      ([True], [False])
     """
 
     ts: np.ndarray
@@ -97,19 +96,19 @@ def dynamics_agreement(
 ) -> DynamicsAgreement:
     """Summarize how well a trained `ensemble` matches the analytic `prediction`.
 
+    `ensemble` and `prediction` as :func:`compare_dynamics` returns them
+    (its example shows the call; tests/dynamics/test_agreement.py the
+    agreement of real ensembles, at width 1024). An ensemble needs at least
+    two members:
+
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from nt_frozen import Frozen, stax
-      >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(256), stax.Relu(), Frozen(stax.Dense(256)), stax.Relu(),
-      ...     stax.Dense(1))
-      >>> x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
-      >>> y, x_test, ts = jnp.sin(x[:, :1]), x[:3] + 0.5, [0.5, jnp.inf]
-      >>> p = analytic_prediction(kernel_fn, x, y, x_test, ts)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y, x_test, ts,
-      ...                      p.ntk_train_train, jax.random.PRNGKey(1), 8)
-      >>> dynamics_agreement(ens, p).agrees(width=256).tolist()
-      [True, True]
+      >>> import numpy as np
+      >>> one_member = EnsemblePredictions(np.array([1.0]), np.zeros((1, 1, 2, 1)),
+      ...     None, np.zeros((1, 2, 1)), np.zeros((1, 4, 1)), None)
+      >>> dynamics_agreement(one_member, None)
+      Traceback (most recent call last):
+      ...
+      ValueError: dynamics_agreement needs at least 2 members.
     """
     test = np.asarray(ensemble.test, np.float64)
     n_members = test.shape[0]
@@ -161,15 +160,15 @@ def compare_dynamics(
     `inf_step_fraction`, `member_batch_size`, `return_train`, and `progress`:
     a bar over the gradient steps, on by default, shown from 2 s on).
 
-    Example:
+    Example (tiny, to show the call; see tests/dynamics/ for real sizes):
       >>> import jax, jax.numpy as jnp
       >>> from nt_frozen import Frozen, stax
       >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     Frozen(stax.Dense(128)), stax.Relu(), stax.Dense(1))
+      ...     Frozen(stax.Dense(16)), stax.Relu(), stax.Dense(1))
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
       >>> ens, p, agreement = compare_dynamics(
       ...     init_fn, apply_fn, kernel_fn, x, jnp.cos(x[:, :1]), x[:2], [1.0, 3.0],
-      ...     jax.random.PRNGKey(1), n_members=4)
+      ...     jax.random.PRNGKey(1), n_members=4, progress=False)
       >>> ens.test.shape, p.mean.shape, agreement.mean_error.shape
       ((4, 2, 2, 1), (2, 2, 1), (2,))
       >>> linearized_members(ens, p).shape

@@ -171,16 +171,19 @@ def linearized_members(
     as its expectation, without the initialization noise of `f_0`. Returns an
     array shaped like `ensemble.test`.
 
-    Example:
-      >>> import jax
-      >>> from nt_frozen.dynamics import compare_dynamics, linearized_members
+    Example (members whose outputs start at 0 follow the analytic mean):
+      >>> import numpy as np
+      >>> from nt_frozen.dynamics import EnsemblePredictions, analytic_prediction
       >>> from nt_frozen.dynamics.tasks import sphere_regression
       >>> from nt_frozen.networks import three_layer_mlp
+      >>> _, _, kernel_fn = three_layer_mlp(32, (False, True, False))
       >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
-      >>> ens, p, _ = compare_dynamics(*three_layer_mlp(32), x, y[:, :1], x_test,
-      ...     [0.5, 2.0], jax.random.PRNGKey(1), 3)
-      >>> linearized_members(ens, p).shape == ens.test.shape
-      True
+      >>> p = analytic_prediction(kernel_fn, x, y[:, :1], x_test, [0.5, 2.0])
+      >>> zeros = EnsemblePredictions(p.ts, np.zeros((3, 2, 2, 1)), None,
+      ...     np.zeros((3, 2, 1)), np.zeros((3, 4, 1)), None)
+      >>> members = linearized_members(zeros, p)
+      >>> members.shape, bool(np.allclose(members, p.mean, atol=1e-6))
+      ((3, 2, 2, 1), True)
     """
     ts = prediction.ts
     if not np.array_equal(ensemble.ts, ts):

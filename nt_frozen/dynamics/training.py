@@ -34,17 +34,9 @@ class EnsemblePredictions(NamedTuple):
     `test[m, k]` is member `m`'s output on `x_test` at `ts[k]`; `test_0` and
     `train_0` are the outputs at initialization (for paired comparisons).
 
-    Example:
-      >>> import jax, numpy as np
-      >>> from nt_frozen.dynamics import train_ensemble
-      >>> from nt_frozen.dynamics.tasks import sphere_regression
-      >>> from nt_frozen.networks import three_layer_mlp
-      >>> init_fn, apply_fn, _ = three_layer_mlp(32, (False, True, False))
-      >>> x, y, x_test = sphere_regression(n_train=4, n_test=2)
-      >>> ens = train_ensemble(init_fn, apply_fn, x, y[:, :1], x_test, [0.5, 2.0],
-      ...     np.eye(4), jax.random.PRNGKey(1), 3)
-      >>> ens.test.shape  # (members, times, test points, outputs)
-      (3, 2, 2, 1)
+    Example (:func:`train_ensemble` returns one):
+      >>> EnsemblePredictions._fields
+      ('ts', 'test', 'train', 'test_0', 'train_0', 'schedule')
     """
 
     ts: np.ndarray
@@ -239,13 +231,13 @@ def train_ensemble(
       >>> import jax, jax.numpy as jnp
       >>> from nt_frozen import Frozen, stax
       >>> init_fn, apply_fn, kernel_fn = stax.serial(
-      ...     stax.Dense(256), stax.Relu(), Frozen(stax.Dense(256)), stax.Relu(),
+      ...     stax.Dense(16), stax.Relu(), Frozen(stax.Dense(16)), stax.Relu(),
       ...     stax.Dense(1))
       >>> x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
       >>> y = jnp.sin(x[:, :1])
       >>> ntk = kernel_fn(x, None, "ntk")
       >>> ens = train_ensemble(init_fn, apply_fn, x, y, x[:2], [1.0, jnp.inf],
-      ...                      ntk, jax.random.PRNGKey(1), 4, return_train=True)
+      ...     ntk, jax.random.PRNGKey(1), 4, return_train=True, progress=False)
       >>> ens.test.shape
       (4, 2, 2, 1)
       >>> bool(jnp.abs(ens.train[:, -1] - y).max() < 1e-2)  # interpolates at inf
