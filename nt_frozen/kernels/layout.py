@@ -81,3 +81,18 @@ def padded_rows(x: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
     if stop - start == size:
         return part
     return np.concatenate([part, np.repeat(part[-1:], size - (stop - start), 0)])
+
+
+def blocked_rows(x: np.ndarray, size: int, count: int) -> np.ndarray:
+    """`x` cut into `count` blocks of `size` rows, `(count, size, ...)`, the last
+    block padded as `padded_rows` pads it.
+
+    Example:
+      >>> blocked_rows(np.arange(5), 2, 3).tolist()
+      [[0, 1], [2, 3], [4, 4]]
+    """
+    x = np.asarray(x)
+    pad = count * size - len(x)
+    if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+    return x.reshape(count, size, *x.shape[1:])
