@@ -13,6 +13,7 @@ store.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -23,7 +24,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from nt_frozen.kernels.layout import Block, BlockLayout, blocked_rows, share
+from nt_frozen.kernels.layout import (
+    Block,
+    BlockLayout,
+    blocked_rows,
+    share,
+    write_block,
+)
 from nt_frozen.kernels.programs import block_fn, cached, compiled_block
 from nt_frozen.kernels.progress import Progress
 from nt_frozen.kernels.sizing import check_fits, choose_block_size
@@ -187,12 +194,16 @@ def kernel_matrix(
             jax.ShapeDtypeStruct((d, cols, *x2.shape[1:]), x2.dtype),
         )
 
-    def program(diagonal: bool, rows: int, cols: int):
-        xa, xb = inputs(rows, cols)
-        return compiled_block(kernel_fn, names, params, diagonal, mesh, xa, xb)
+    built: dict = {}  # (diagonal, rows, cols): (compiled, output shapes)
 
     def compile_all(rows: int, cols: int) -> dict:
-        return {diagonal: program(diagonal, rows, cols)[0] for diagonal in kinds}
+        for diagonal in kinds:
+            if (diagonal, rows, cols) not in built:
+                xa, xb = inputs(rows, cols)
+                built[diagonal, rows, cols] = compiled_block(
+                    kernel_fn, names, params, diagonal, mesh, xa, xb
+                )
+        return {diagonal: built[diagonal, rows, cols][0] for diagonal in kinds}
 
     # Sizes must be multiples of nothing: clip to N so small kernels are one
     # block.
@@ -217,7 +228,7 @@ def kernel_matrix(
     rows, cols = clip(int(block_size))
     layout = BlockLayout(n1, n2, rows, cols, symmetric)
 
-    out_shapes = program(symmetric, rows, cols)[1]
+    out_shapes = built[symmetric, rows, cols][1]
     rest = {k: v.shape[3:] for k, v in out_shapes.items()}
     dtypes = {str(v.dtype) for v in out_shapes.values()}
     if symmetric and any(rest.values()):
@@ -257,13 +268,7 @@ def kernel_matrix(
     else:
         done = set()
         result = {k: np.empty((n1, n2, *rest[k]), dtype) for k in names}
-
-        def sink(block: Block, values: dict) -> None:
-            (r0, r1), (c0, c1) = layout.row_range(block[0]), layout.col_range(block[1])
-            for k, v in values.items():
-                result[k][r0:r1, c0:c1] = v
-                if symmetric and block[0] != block[1]:
-                    result[k][c0:c1, r0:r1] = np.swapaxes(v, 0, 1)
+        sink = functools.partial(write_block, result, layout)
 
     todo = [b for b in mine if b not in done]
     bar = Progress(len(mine), len(mine) - len(todo), progress, log_every)
@@ -295,6 +300,13 @@ def _steps(layout: BlockLayout, todo: list[Block], devices: int):
 IN_FLIGHT = 3  # steps dispatched ahead, so that host copies never stall the device
 
 
+@jax.jit
+def _transposed(values: dict) -> dict:
+    """Blocks `(devices, rows, cols)` as `(devices, cols, rows)`: the mirror
+    images below the diagonal, exact (data movement only)."""
+    return {k: jax.numpy.swapaxes(v, 1, 2) for k, v in values.items()}
+
+
 def _run(compiled, layout, x1, x2, todo, devices, sink, bar) -> None:
     # Every block's inputs, padded once: a step gathers its blocks in one copy.
     rows = blocked_rows(x1, layout.rows, layout.row_blocks)
@@ -308,23 +320,33 @@ def _run(compiled, layout, x1, x2, todo, devices, sink, bar) -> None:
         except Exception as e:  # noqa: BLE001 - only out-of-memory is rewritten
             _raise_if_oom(e, layout.rows)
             raise
-        pending.append((step, out))
+        mirrored = _transposed(out) if layout.symmetric and not diagonal else None
+        pending.append((step, out, mirrored))
         if len(pending) >= IN_FLIGHT:
             _finish(*pending.popleft(), layout, sink, bar)
     while pending:
         _finish(*pending.popleft(), layout, sink, bar)
 
 
-def _finish(step, out, layout, sink, bar) -> None:
+def _finish(step, out, mirrored, layout, sink, bar) -> None:
     try:
         host = {k: np.asarray(v) for k, v in out.items()}
+        below = (
+            None
+            if mirrored is None
+            else {k: np.asarray(v) for k, v in mirrored.items()}
+        )
     except Exception as e:  # noqa: BLE001
         _raise_if_oom(e, layout.rows)
         raise
     for d, block in enumerate(step):
-        r0, r1 = layout.row_range(block[0])
-        c0, c1 = layout.col_range(block[1])
-        sink(block, {k: v[d, : r1 - r0, : c1 - c0] for k, v in host.items()})
+        (r0, r1), (c0, c1) = layout.row_range(block[0]), layout.col_range(block[1])
+        r, c = r1 - r0, c1 - c0
+        sink(
+            block,
+            {k: v[d, :r, :c] for k, v in host.items()},
+            None if below is None else {k: v[d, :c, :r] for k, v in below.items()},
+        )
         bar.update(1)
 
 

@@ -96,3 +96,22 @@ def blocked_rows(x: np.ndarray, size: int, count: int) -> np.ndarray:
     if pad:
         x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
     return x.reshape(count, size, *x.shape[1:])
+
+
+def write_block(
+    arrays: dict[str, np.ndarray],
+    layout: BlockLayout,
+    block: Block,
+    values: dict[str, np.ndarray],
+    mirrored: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write `values` (unpadded) at `block` of `arrays`; off the diagonal of a
+    symmetric kernel also their transposes below it: `mirrored` when given
+    (transposed on the device, cheaper than NumPy's strided copy), else
+    `values` swapped here."""
+    (r0, r1), (c0, c1) = layout.row_range(block[0]), layout.col_range(block[1])
+    for name, value in values.items():
+        arrays[name][r0:r1, c0:c1] = value
+        if layout.symmetric and block[0] != block[1]:
+            below = np.swapaxes(value, 0, 1) if mirrored is None else mirrored[name]
+            arrays[name][c0:c1, r0:r1] = below
