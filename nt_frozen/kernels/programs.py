@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 if hasattr(jax, "shard_map"):
@@ -60,8 +61,8 @@ def _tracing_config() -> Hashable:
         from jax._src.config import trace_context
 
         return trace_context()
-    except Exception:  # noqa: BLE001 - a private helper; fall back to the main ones
-        return (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
+    except Exception:  # noqa: BLE001 - a private helper; fall back to x64 alone
+        return str(jax.dtypes.canonicalize_dtype(np.float64))
 
 
 def cached(kernel_fn: Callable, params, key: Hashable, build: Callable[[], Any]):
