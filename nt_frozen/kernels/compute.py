@@ -7,7 +7,9 @@ each device runs exactly `kernel_fn` on its block, so each block equals
 computes only the blocks on and above the diagonal; diagonal blocks are
 computed as `kernel_fn(x, None)`, like one call on all inputs would. Processes
 of a `jax.distributed` job take every `process_count`-th block and write to one
-store.
+store. The compiled programs are kept for later calls with the same `kernel_fn`
+object (`nt_frozen.kernels.programs`), and the host copies of finished blocks
+overlap the device's work on the next ones.
 """
 
 from __future__ import annotations
