@@ -80,16 +80,18 @@ def run(method: str, case: str, n: int, block: int, kernel_fn=None):
 
 
 def peak_rss_mib(method: str, case: str, n: int, block: int) -> float:
+    """The subprocess's own peak: VmHWM of its address space (its ru_maxrss
+    would start at this process's RSS, inherited through fork and exec)."""
     code = (
-        "import sys, resource; sys.argv=['x']; "
+        "import sys; sys.argv=['x']; "
         "sys.path.insert(0, 'benchmarks'); import kernel_matrix as b; "
         f"b.run({method!r}, {case!r}, {n}, {block}); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    return int(out.stdout.split()[-1]) / 1024  # KiB on Linux
+    return int(out.stdout.split()[-2]) / 1024  # "VmHWM: <KiB> kB"
 
 
 def measure(case: str, n: int, block: int, repeats: int, memory: bool) -> dict:
