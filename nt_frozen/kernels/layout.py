@@ -81,3 +81,37 @@ def padded_rows(x: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
     if stop - start == size:
         return part
     return np.concatenate([part, np.repeat(part[-1:], size - (stop - start), 0)])
+
+
+def blocked_rows(x: np.ndarray, size: int, count: int) -> np.ndarray:
+    """`x` cut into `count` blocks of `size` rows, `(count, size, ...)`, the last
+    block padded as `padded_rows` pads it.
+
+    Example:
+      >>> blocked_rows(np.arange(5), 2, 3).tolist()
+      [[0, 1], [2, 3], [4, 4]]
+    """
+    x = np.asarray(x)
+    pad = count * size - len(x)
+    if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+    return x.reshape(count, size, *x.shape[1:])
+
+
+def write_block(
+    arrays: dict[str, np.ndarray],
+    layout: BlockLayout,
+    block: Block,
+    values: dict[str, np.ndarray],
+    mirrored: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write `values` (unpadded) at `block` of `arrays`; off the diagonal of a
+    symmetric kernel also their transposes below it: `mirrored` when given
+    (transposed on the device, cheaper than NumPy's strided copy), else
+    `values` swapped here."""
+    (r0, r1), (c0, c1) = layout.row_range(block[0]), layout.col_range(block[1])
+    for name, value in values.items():
+        arrays[name][r0:r1, c0:c1] = value
+        if layout.symmetric and block[0] != block[1]:
+            below = np.swapaxes(value, 0, 1) if mirrored is None else mirrored[name]
+            arrays[name][c0:c1, r0:r1] = below

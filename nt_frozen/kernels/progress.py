@@ -15,24 +15,23 @@ class Progress:
     `log_every` blocks."""
 
     def __init__(self, total: int, done: int, progress, log_every: int | None):
-        from tqdm.auto import tqdm
-
         self.total, self.count, self.start = total, done, time.perf_counter()
         self.callback = progress if callable(progress) else None
-        self.bar = tqdm(
-            total=total,
-            initial=done,
-            unit="block",
-            desc="kernel_matrix",
-            disable=progress is not True,
-        )
+        self.bar = None
+        if progress is True:  # tqdm.auto warns in a notebook without ipywidgets
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=done, unit="block", desc="kernel_matrix"
+            )
         self.log_every = log_every or max(1, total // 20)
         self.new = 0
 
     def update(self, n: int) -> None:
         self.count += n
         self.new += n
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
         if self.callback is not None:
             self.callback(self.count, self.total)
         if self.count % self.log_every < n or self.count == self.total:
@@ -47,4 +46,5 @@ class Progress:
             )
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from nt_frozen._files import unwritable_reason, write_text_atomic
-from nt_frozen.kernels.layout import Block, BlockLayout
+from nt_frozen.kernels.layout import Block, BlockLayout, write_block
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -133,18 +133,17 @@ class KernelStore:
                 found.add((int(i), int(j)))
         return found
 
-    def write(self, block: Block, values: dict[str, np.ndarray]) -> None:
+    def write(
+        self,
+        block: Block,
+        values: dict[str, np.ndarray],
+        mirrored: dict[str, np.ndarray] | None = None,
+    ) -> None:
         """Write one block (and its mirror image when symmetric), flush, and
         only then mark it done."""
-        layout = self.layout
-        r0, r1 = layout.row_range(block[0])
-        c0, c1 = layout.col_range(block[1])
-        for name, value in values.items():
-            array = self.arrays[name]
-            array[r0:r1, c0:c1] = value
-            if layout.symmetric and block[0] != block[1]:
-                array[c0:c1, r0:r1] = np.swapaxes(value, 0, 1)
-            array.flush()
+        write_block(self.arrays, self.layout, block, values, mirrored)
+        for name in values:
+            self.arrays[name].flush()
         write_text_atomic(self._marker(block), "")
 
     def read_only(self) -> dict[str, np.ndarray]:
