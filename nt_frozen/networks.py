@@ -333,7 +333,7 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "mlp-ntk": Family(_mlp_family, (6,), 2),
     "mlp-standard": Family(lambda width: _mlp_family(width, "standard"), (6,), 4),
-    "cnn": Family(_cnn_family, (4, 4, 2), 2),
+    "cnn": Family(_cnn_family, (3, 3, 2), 2),
     "residual": Family(_residual_family, (6,), 1),
     "attention": Family(_attention_family, (4, 3), 1),
     "repeat": Family(_repeat_family, (6,), 1),

@@ -646,7 +646,8 @@ MONTE_CARLO_FAMILIES = {
     "residual": (1024, N_DRAWS),
     "attention": (256, N_DRAWS),
 }
-BATCH = {"cnn": 6, "attention": 5}
+# Input shapes (batch first) at which the controls are rejected.
+SHAPES = {"cnn": (6, 4, 4, 2), "attention": (5, 4, 3)}
 
 
 def empirical_draws(layers, x, n_draws=N_DRAWS):
@@ -668,7 +669,7 @@ def test_frozen_analytic_matches_empirical(family):
     width, n_draws = MONTE_CARLO_FAMILIES[family]
     layers = NETWORK_FAMILIES[family].layers(width)
     frozen_index = NETWORK_FAMILIES[family].frozen_index
-    shape = (BATCH.get(family, 8), *NETWORK_FAMILIES[family].input_shape)
+    shape = SHAPES.get(family, (8, *NETWORK_FAMILIES[family].input_shape))
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     frozen_layers = frozen_family(family, width)
 
