@@ -1,9 +1,25 @@
-"""Shared pytest fixtures (helpers live in `nt_frozen.testing`)."""
+"""Shared pytest fixtures (helpers live in `nt_frozen.testing`), and the
+settings of the test processes."""
 
 from __future__ import annotations
 
-import jax
-import pytest
+import os
+
+# Set before JAX starts its backends (this file is loaded before any test).
+# The tests check values, and most of their time goes to compiling many small
+# programs, mostly in LLVM's optimization passes: compile at XLA's cheapest
+# level (the sweep's CLI chooses level 1 for itself). A level the user set
+# wins. Test processes run side by side (pytest-xdist): none may take most of
+# an accelerator's memory up front.
+_FAST_COMPILE = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}"
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -283,7 +283,9 @@ def test_diagonal_blocks_are_computed_with_x2_none():
     k = kernel_matrix(kernel_fn, x, None, "nngp", block_size=4, progress=False)
     gram = x @ x.T
     same_block = (np.arange(10)[:, None] // 4) == (np.arange(10)[None, :] // 4)
-    np.testing.assert_allclose(k, np.where(same_block, gram, gram + 0.5), rtol=1e-6)
+    # float32: the offset's own rounding is ~3e-8; a wrong branch is off by 0.5.
+    expected = np.where(same_block, gram, gram + 0.5)
+    np.testing.assert_allclose(k, expected, rtol=1e-6, atol=1e-6)
 
 
 def _plain_block_bytes(kernel_fn, x, size):

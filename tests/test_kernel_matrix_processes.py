@@ -42,7 +42,10 @@ def _run(*args, env=ENV, timeout=120):
 
 
 def test_four_devices_equal_one(tmp_path, reference):
-    env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # The compiler settings of this process (tests/conftest.py), plus devices:
+    # bit-equality needs the same code generation as the reference.
+    flags = f"{ENV.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**ENV, "XLA_FLAGS": flags}
     done = _run("devices", str(tmp_path / "k.npz"), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     found = np.load(tmp_path / "k.npz")

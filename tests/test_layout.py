@@ -39,7 +39,8 @@ def imported_modules(path: pathlib.Path) -> set[str]:
     return found
 
 
-GRAPH = {name: imported_modules(path) for name, path in MODULES.items()}
+# `from nt_frozen import stax` in the package root imports the submodule.
+GRAPH = {name: imported_modules(path) - {name} for name, path in MODULES.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -71,6 +71,7 @@ from nt_frozen._compat.jax_shims import (
     backends_are_initialized,
     bind_equation,
     scan_counts,
+    tracing_config,
 )
 from nt_frozen._compat.nt_patches import (
     adapt_batching,
@@ -136,6 +137,7 @@ __all__ = [
     "_dot_general",
     "_ntk_shape",
     "backends_are_initialized",
+    "tracing_config",
     "bind_equation",
     "check_nt_version",
     "get_req",

@@ -1,5 +1,6 @@
 """JAX internals nt_frozen itself reads: jaxpr equations (the structured
-empirical path) and whether JAX has started its backends (the CLI).
+empirical path), whether JAX has started its backends (the CLI), and the
+tracing settings a compiled program depends on (the kernels' program cache).
 
 Each answers a change between JAX releases, so that supporting a new JAX is a
 change in `nt_frozen._compat` only. Nothing here imports NT.
@@ -8,6 +9,9 @@ change in `nt_frozen._compat` only. Nothing here imports NT.
 from __future__ import annotations
 
 from typing import Any
+
+import jax
+import numpy as np
 
 
 def bind_equation(primitive, params: dict, operands) -> Any:
@@ -46,3 +50,24 @@ def backends_are_initialized() -> bool:
         return True
     started = getattr(xla_bridge, "backends_are_initialized", None)
     return True if started is None else bool(started())
+
+
+def tracing_config() -> Any:
+    """A hashable value of JAX's settings that change a traced program (what
+    `jax.jit` keys its cache on, x64 among them).
+
+    JAX has no public name for it; where the private one is missing, the
+    x64 setting alone stands in.
+
+    Example:
+      >>> hash(tracing_config()) is not None
+      True
+    """
+    try:
+        from jax._src.config import trace_context
+    except ImportError:  # pragma: no cover - depends on jax's internals
+        trace_context = None
+    if trace_context is None:
+        return str(jax.dtypes.canonicalize_dtype(np.float64))
+    return trace_context()
+

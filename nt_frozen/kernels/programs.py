@@ -18,8 +18,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec
+
+from nt_frozen._compat import tracing_config
 
 if hasattr(jax, "shard_map"):
     # Each device's block is independent: no replication types to check (with
@@ -55,16 +56,6 @@ def sharded(block: Callable, mesh: Mesh) -> Any:
     return jax.jit(_shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
 
 
-def _tracing_config() -> Hashable:
-    """JAX's settings that change a traced program (what `jax.jit` keys on)."""
-    try:
-        from jax._src.config import trace_context
-
-        return trace_context()
-    except Exception:  # noqa: BLE001 - a private helper; fall back to x64 alone
-        return str(jax.dtypes.canonicalize_dtype(np.float64))
-
-
 def cached(kernel_fn: Callable, params, key: Hashable, build: Callable[[], Any]):
     """`build()`, or its value from an earlier call with the same `kernel_fn`
     object and `key` (plus JAX's tracing configuration)."""
@@ -74,7 +65,7 @@ def cached(kernel_fn: Callable, params, key: Hashable, build: Callable[[], Any])
         entries = _CACHE.setdefault(kernel_fn, {})
     except TypeError:  # not weakly referenceable: nothing to key on
         return build()
-    key = (key, _tracing_config())
+    key = (key, tracing_config())
     if key not in entries:
         if len(entries) >= PER_KERNEL_FN:
             del entries[next(iter(entries))]  # the oldest
