@@ -100,7 +100,9 @@ def same(request):
 
 
 def tol(dtype):
-    return 1e-10 if dtype == "float64" else 2e-5
+    # float64: separately compiled programs round the diagonal's arccos
+    # differently (to ~1e-9 on jax 0.4-0.6); a wrong formula is off by O(1).
+    return 1e-8 if dtype == "float64" else 2e-5
 
 
 def kernel(net, x1, x2, get="ntk"):

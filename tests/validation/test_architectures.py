@@ -22,6 +22,8 @@ def test_every_architecture_passes_and_rejects_its_controls(name):
     assert result.frozen.verdict == "PASS", (name, result.frozen.reasons)
     assert set(result.controls) == set(arch.control_names)
     for control_name, control in result.controls.items():
+        if isinstance(control, str):  # equal to the frozen kernel: not scored
+            continue
         assert control.verdict == "FAIL", (name, control_name)
     assert result.ok
 
