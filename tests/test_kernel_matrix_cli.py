@@ -9,8 +9,10 @@ from nt_frozen.validation.architectures import load_architecture
 from nt_frozen.validation.cli import main
 
 
-def test_kernel_command_stores_and_resumes(tmp_path):
-    x = np.random.default_rng(0).normal(size=(9, 16)).astype(np.float32)
+def test_kernel_command_stores_and_resumes(tmp_path, x64):
+    # float64: in float32 NT's arccos near the diagonal differs between block
+    # shapes by up to ~sqrt(eps32), more than any tolerance that would still test.
+    x = np.random.default_rng(0).normal(size=(9, 16))
     np.save(tmp_path / "x.npy", x)
     store = tmp_path / "k"
     argv = [
@@ -27,13 +29,15 @@ def test_kernel_command_stores_and_resumes(tmp_path):
         "--store",
         str(store),
         "--no-progress",
+        "--x64",
     ]
     assert main(argv) == 0
     _, _, kernel_fn = load_architecture("mlp-frozen-middle").network(512)
     want = kernel_fn(x, None, ("nngp", "ntk"))
     for name in ("nngp", "ntk"):
         got = np.load(store / f"{name}.npy")
-        np.testing.assert_allclose(got, getattr(want, name), rtol=1e-4, atol=1e-6)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, getattr(want, name), rtol=1e-8, atol=0)
     with pytest.raises(SystemExit, match="--resume"):
         main(argv)
     (store / "done" / "r0_c1").unlink()

@@ -18,6 +18,7 @@ import collections
 import functools
 import hashlib
 import mmap
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,9 @@ def _check_inputs(x1, x2) -> None:
         )
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def fingerprint(kernel_fn: Callable, get, params, x1, diagonal: bool) -> str:
     """A hash of `kernel_fn`'s program on a 2-input probe: its jaxpr (layers,
     hyperparameters as literals) and the values of its constants (e.g. bound
@@ -79,7 +83,10 @@ def fingerprint(kernel_fn: Callable, get, params, x1, diagonal: bool) -> str:
     except Exception:  # noqa: BLE001 - a kernel_fn with only some outputs
         block = block_fn(kernel_fn, get, params, diagonal)
         closed = jax.make_jaxpr(block)(probe, probe)
-    digest = hashlib.sha256(str(closed.jaxpr).encode())
+    # Older JAX prints callables in a jaxpr's parameters (custom_jvp's thunk)
+    # with their address, which differs between calls and processes.
+    program = _ADDRESS.sub("", str(closed.jaxpr))
+    digest = hashlib.sha256(program.encode())
     for const in closed.consts:
         digest.update(np.asarray(const).tobytes())
     for leaf in jax.tree_util.tree_leaves(params):
