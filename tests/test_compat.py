@@ -124,9 +124,9 @@ def test_implementations_agree_through_slices_and_scan(net):
         )
         assert np.abs(reference).max() > 0
         for impl in (3, 0):
-            kernel = nt.empirical_ntk_fn(
-                apply_fn, trace_axes=(), implementation=impl
-            )(*args, params)
+            kernel = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl)(
+                *args, params
+            )
             np.testing.assert_allclose(kernel, reference, rtol=2e-5, atol=1e-6)
 
 
@@ -273,9 +273,7 @@ def test_nt_batch_composes_with_the_unbatched_fields(x64):
         assert bool(plain.x1_is_x2) is same, name
         for store_on_device in (True, False):
             batch = dict(batch_size=2, store_on_device=store_on_device)
-            batched = nt.batch(readout[2], **batch)(
-                nt.batch(block[2], **batch)(x1, x2)
-            )
+            batched = nt.batch(readout[2], **batch)(nt.batch(block[2], **batch)(x1, x2))
             _assert_same_kernel(batched, plain)
 
 

@@ -70,4 +70,3 @@ def tracing_config() -> Any:
     if trace_context is None:
         return str(jax.dtypes.canonicalize_dtype(np.float64))
     return trace_context()
-
