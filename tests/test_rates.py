@@ -621,7 +621,9 @@ def test_real_scalars_of_any_dtype_are_rates(x64, rate):
     rated = stax.serial(*pre, layer)
     plain = jax.jit(stax.serial(*pre, readout)[2])(x, None)
     expected = plain.ntk + (float(rate) - 1.0) * plain.nngp
-    assert rel_err(_ntk(rated[2], x), expected) < 1e-12
+    # Two programs: XLA may fuse them differently, and ReLU's arccos turns
+    # float64 rounding near the diagonal into ~1e-10; a wrong rate is off by O(1).
+    assert rel_err(_ntk(rated[2], x), expected) < 1e-8
 
 
 @pytest.mark.parametrize(
