@@ -4,19 +4,38 @@ settings of the test processes."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
-# Set before JAX starts its backends (this file is loaded before any test).
-# The tests check values, and most of their time goes to compiling many small
-# programs, mostly in LLVM's optimization passes: compile at level 1, as the
-# sweep's CLI does (level 0 breaks the bit-equality of two programs of the same
-# kernel on jax 0.4-0.6), without LLVM's expensive passes. A level the user
-# set wins. Test processes run side by side (pytest-xdist): none may take most of
-# an accelerator's memory up front.
+# Set before JAX starts its backends (this file is loaded before any test, in
+# pytest's main process first, whose environment the test workers inherit).
+# The tests check values, and most of their time goes to compiling about ten
+# thousand small programs: compile at level 1, as the sweep's CLI does (level 0
+# breaks the bit-equality of two programs of the same kernel on jax 0.4-0.6),
+# without LLVM's expensive passes, and with XLA's older CPU emitters where the
+# installed XLA still has them (jaxlib 0.6-0.10: compiling takes about 40% less
+# time; the values are checked to the same tolerances). A level the user set
+# wins. Test processes run side by side (pytest-xdist): none may take most of an
+# accelerator's memory up front.
 _FAST_COMPILE = (
     "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
 )
+_OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_accepts(flag: str) -> bool:
+    """Whether the installed XLA knows `flag` (it aborts on unknown flags)."""
+    probe = "import jax; jax.devices()"
+    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True)
+    return run.returncode == 0
+
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}"
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}"
+    if _xla_accepts(_OLDER_EMITTERS):
+        flags = f"{flags} {_OLDER_EMITTERS}"
+    os.environ["XLA_FLAGS"] = flags.strip()
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402

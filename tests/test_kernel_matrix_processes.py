@@ -16,6 +16,8 @@ import kernel_matrix_worker as worker
 import numpy as np
 import pytest
 
+from nt_frozen.kernels.store import done_blocks
+
 WORKER = str(Path(worker.__file__))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -83,11 +85,6 @@ def test_two_processes_write_one_store(tmp_path, reference):
     assert len(os.listdir(Path(store) / "done")) == 21  # 6 x 7 / 2 blocks
 
 
-def _markers(store: Path) -> list[str]:
-    # A kill can leave a marker's temporary file (".r*_c*.*.tmp"), not a marker.
-    return [n for n in os.listdir(store / "done") if not n.startswith(".")]
-
-
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
     store = tmp_path / "k"
     proc = subprocess.Popen(
@@ -98,13 +95,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, reference):
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if (store / "done").is_dir() and len(_markers(store)) >= 3:
+        if (store / "done").is_dir() and len(done_blocks(store)) >= 3:
             break
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = len(_markers(store))
+    finished = len(done_blocks(store))
     assert 3 <= finished < 21, finished
     calls = []
     sym, _ = worker.compute(store=store, progress=lambda d, t: calls.append(d))

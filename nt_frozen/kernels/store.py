@@ -49,6 +49,17 @@ def stored_block_size(path: Path) -> int | None:
     return int(manifest["layout"]["rows"])
 
 
+def done_blocks(path: Path) -> set[Block]:
+    """The blocks marked done in the store at `path`: `done/r{i}_c{j}`, not
+    the temporary file of a marker being written (a kill can leave one)."""
+    found = set()
+    for name in os.listdir(Path(path) / "done"):
+        if name.startswith("r") and "_c" in name and not name.endswith(".tmp"):
+            i, j = name[1:].split("_c")
+            found.add((int(i), int(j)))
+    return found
+
+
 def _differences(found: dict, wanted: dict) -> list[str]:
     return [
         f"{key} (store: {found.get(key)!r}, this call: {wanted[key]!r})"
@@ -126,12 +137,7 @@ class KernelStore:
 
     def done(self) -> set[Block]:
         """The blocks whose values are on disk."""
-        found = set()
-        for name in os.listdir(self.path / "done"):
-            if name.startswith("r") and "_c" in name and not name.endswith(".tmp"):
-                i, j = name[1:].split("_c")
-                found.add((int(i), int(j)))
-        return found
+        return done_blocks(self.path)
 
     def write(
         self,
