@@ -105,10 +105,11 @@ def tol(dtype):
     return 1e-8 if dtype == "float64" else 2e-5
 
 
-def kernel(net, x1, x2, get="ntk"):
-    """`net`'s kernel, compiled as one program (NT's op-by-op dispatch of a
-    kernel_fn costs about ten times its compilation at these sizes)."""
-    return jax.jit(lambda a, b: net[2](a, b, get))(x1, x2)
+def kernels(nets, x1, x2, get="ntk"):
+    """The networks' kernels, compiled as one program (NT's op-by-op dispatch
+    of a kernel_fn costs about ten times its compilation at these sizes, and
+    each program compiled costs a fixed overhead)."""
+    return jax.jit(lambda a, b: [net[2](a, b, get) for net in nets])(x1, x2)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -116,11 +117,12 @@ def test_sum_rule(family, dtype, same):
     make, shape = FAMILIES[family]
     x1, x2 = inputs(shape, same=same)
     layers = make()
-    full = kernel(stax.serial(*layers), x1, x2)
-    parts = [
-        kernel(stax.serial(*freeze_all_but(layers, {i})), x1, x2)
-        for i in range(len(layers))
-    ]
+    full, *parts = kernels(
+        [stax.serial(*layers)]
+        + [stax.serial(*freeze_all_but(layers, {i})) for i in range(len(layers))],
+        x1,
+        x2,
+    )
     assert full.dtype == jnp.dtype(dtype)
     assert rel_err(sum(parts), full) < tol(dtype)
     # power: dropping the frozen layers' own terms matters for every family.
@@ -132,21 +134,28 @@ def test_frozen_first_layer_and_all_frozen(family, same):
     make, shape = FAMILIES[family]
     x1, x2 = inputs(shape, same=same)
     layers = make()
-    first = kernel(stax.serial(Frozen(layers[0])), x1, x2, ("nngp", "ntk"))
+    all_frozen = stax.serial(*[Frozen(lyr) for lyr in layers])
+    first, after_first, every_one, whole = kernels(
+        [
+            stax.serial(Frozen(layers[0])),
+            stax.serial(Frozen(layers[0]), *layers[1:]),
+            all_frozen,
+            stax.serial(Frozen(stax.serial(*layers))),
+        ],
+        x1,
+        x2,
+        ("nngp", "ntk"),
+    )
     np.testing.assert_array_equal(first.ntk, 0.0)
     assert np.abs(first.nngp).max() > 0
-    after_first = kernel(stax.serial(Frozen(layers[0]), *layers[1:]), x1, x2)
-    all_frozen = stax.serial(*[Frozen(lyr) for lyr in layers])
-    np.testing.assert_array_equal(kernel(all_frozen, x1, x2), 0.0)
-    np.testing.assert_array_equal(
-        kernel(stax.serial(Frozen(stax.serial(*layers))), x1, x2), 0.0
-    )
+    np.testing.assert_array_equal(every_one.ntk, 0.0)
+    np.testing.assert_array_equal(whole.ntk, 0.0)
     # and the empirical NTK of the all-frozen network is exactly 0 as well
     init_fn, apply_fn, _ = all_frozen
     _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
     emp = jax.jit(nt.empirical_ntk_fn(apply_fn, implementation=1))(x1, x2, params)
     np.testing.assert_array_equal(emp, 0.0)
-    assert np.abs(after_first).max() > 0
+    assert np.abs(after_first.ntk).max() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -155,7 +164,7 @@ def test_readout_only_is_nngp(family, dtype, same):
     x1, x2 = inputs(shape, same=same)
     layers = make()
     net = stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])
-    k = kernel(net, x1, x2, ("nngp", "ntk"))
+    k, unfrozen = kernels([net, stax.serial(*layers)], x1, x2, ("nngp", "ntk"))
     if family.endswith("standard"):
         # Standard parameterization: the readout's own term is
         # n_in * nngp_in + 1 (finite fan-in n_in = 16), not W_std^2 nngp_in +
@@ -172,8 +181,7 @@ def test_readout_only_is_nngp(family, dtype, same):
     else:
         expected = k.nngp
     np.testing.assert_allclose(k.ntk, expected, rtol=tol(dtype), atol=tol(dtype))
-    unfrozen = kernel(stax.serial(*layers), x1, x2)
-    assert rel_err(unfrozen, k.nngp) > 0.05  # the unfrozen NTK is not the NNGP
+    assert rel_err(unfrozen.ntk, k.nngp) > 0.05  # the unfrozen NTK is not the NNGP
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -574,13 +582,19 @@ def _assert_close(got, expected):
 )
 def test_frozen_kernel_is_linear_part(x64, name, pre, lyr, shape, has_params, kwargs):
     x1, x2, kwargs = layer_inputs(shape, kwargs)
-    # Full covariances satisfy every layer's input requirement.
-    k_in = pre[2](x1, x2, diagonal_batch=False, diagonal_spatial=False, **kwargs)
-    plain = lyr[2](k_in, **kwargs)
-    frozen = Frozen(lyr)[2](k_in, **kwargs)
 
+    # Two compiled programs (NT's op-by-op dispatch compiles every operation on
+    # its own): the kernels, then the maps along random directions.
+    @jax.jit
+    def kernels(x1, x2):
+        # Full covariances satisfy every layer's input requirement.
+        k_in = pre[2](x1, x2, diagonal_batch=False, diagonal_spatial=False, **kwargs)
+        plain = lyr[2](k_in, **kwargs)
+        frozen = Frozen(lyr)[2](k_in, **kwargs)
+        return k_in, plain, frozen, linear_part_by_subtraction(lyr[2], k_in, **kwargs)
+
+    k_in, plain, frozen, expected = kernels(x1, x2)
     assert_same_fields_but_ntk(frozen, plain)
-    expected = linear_part_by_subtraction(lyr[2], k_in, **kwargs)
     got = _ntk_leaves(frozen)
     _assert_close(got, jax.tree_util.tree_leaves(expected))
 
@@ -592,17 +606,22 @@ def test_frozen_kernel_is_linear_part(x64, name, pre, lyr, shape, has_params, kw
     def plain_map(ntks):
         return _ntk_leaves(lyr[2](_with_ntks(k_in, ntks), **kwargs))
 
+    @jax.jit
+    def maps(d1, d2):
+        f1, f2 = frozen_map(d1), frozen_map(d2)
+        added = frozen_map([a + b for a, b in zip(d1, d2)])
+        scaled = frozen_map([-2.5 * a for a in d1])
+        zero = plain_map([jnp.zeros_like(a) for a in d1])
+        return f1, f2, added, scaled, plain_map(d1), plain_map(d2), zero
+
     rng = np.random.default_rng(0)
     ntks_in = _ntk_leaves(k_in)
     d1, d2 = ([rng.normal(size=t.shape) for t in ntks_in] for _ in range(2))
-    f1, f2 = frozen_map(d1), frozen_map(d2)
-    _assert_close(
-        frozen_map([a + b for a, b in zip(d1, d2)]), [a + b for a, b in zip(f1, f2)]
-    )
-    _assert_close(frozen_map([-2.5 * a for a in d1]), [-2.5 * a for a in f1])
-    zero = plain_map([np.zeros(t.shape) for t in ntks_in])
-    for d, f in ((d1, f1), (d2, f2)):
-        _assert_close(f, [p - z for p, z in zip(plain_map(d), zero)])
+    f1, f2, added, scaled, p1, p2, zero = maps(d1, d2)
+    _assert_close(added, [a + b for a, b in zip(f1, f2)])
+    _assert_close(scaled, [-2.5 * a for a in f1])
+    for p, f in ((p1, f1), (p2, f2)):
+        _assert_close(f, [a - z for a, z in zip(p, zero)])
     if name in CLOSED_FORMS:
         leaves = jax.tree_util.tree_leaves(k_in, is_leaf=is_kernel)
         k_arg = leaves[0] if len(leaves) == 1 else leaves
