@@ -76,10 +76,13 @@ def test_all_empirical_ntk_implementations_agree(capsys):
     x1 = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 6, 2))
     x2 = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 2))
     _, params = init_fn(jax.random.PRNGKey(2), x1.shape)
-    results = {
-        impl: nt.empirical_ntk_fn(apply_fn, implementation=impl)(x1, x2, params)
-        for impl in (1, 2, 3, 0)  # 0 = AUTO picks among 1-3 by compiled FLOPs
-    }
+    # One compiled program (op by op, NT compiles every operation on its own).
+    results = jax.jit(
+        lambda *args: {
+            impl: nt.empirical_ntk_fn(apply_fn, implementation=impl)(*args)
+            for impl in (1, 2, 3, 0)  # 0 = AUTO picks among 1-3 by compiled FLOPs
+        }
+    )(x1, x2, params)
     for impl in (2, 3, 0):
         np.testing.assert_allclose(results[impl], results[1], rtol=2e-5, atol=1e-6)
     assert np.abs(results[1]).max() > 0
@@ -118,15 +121,20 @@ def test_implementations_agree_through_slices_and_scan(net):
         )
         x1 = jax.random.normal(jax.random.PRNGKey(2), (3, 3))
         x2 = jax.random.normal(jax.random.PRNGKey(3), (2, 3))
-    for args in ((x1, None), (x1, x2)):
-        reference = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=1)(
-            *args, params
-        )
-        assert np.abs(reference).max() > 0
-        for impl in (3, 0):
-            kernel = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl)(
-                *args, params
+
+    @jax.jit  # one program (op by op, NT compiles every operation on its own)
+    def kernels(x1, x2, params):
+        return [
+            nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=impl)(
+                x1, x2, params
             )
+            for impl in (1, 3, 0)
+        ]
+
+    for args in ((x1, None), (x1, x2)):
+        reference, *others = kernels(*args, params)
+        assert np.abs(reference).max() > 0
+        for kernel in others:
             np.testing.assert_allclose(kernel, reference, rtol=2e-5, atol=1e-6)
 
 

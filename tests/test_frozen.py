@@ -105,11 +105,11 @@ def tol(dtype):
     return 1e-8 if dtype == "float64" else 2e-5
 
 
-def kernels(nets, x1, x2, get="ntk"):
+def kernels(nets, x1, x2, get="ntk", **kwargs):
     """The networks' kernels, compiled as one program (NT's op-by-op dispatch
     of a kernel_fn costs about ten times its compilation at these sizes, and
     each program compiled costs a fixed overhead)."""
-    return jax.jit(lambda a, b: [net[2](a, b, get) for net in nets])(x1, x2)
+    return jax.jit(lambda a, b: [net[2](a, b, get, **kwargs) for net in nets])(x1, x2)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -279,8 +279,10 @@ def test_nt_batch_matches_unbatched():
     x1, x2 = inputs((4, 4, 2), n1=6, n2=4)
     layers = FAMILIES["cnn"][0]()
     net = stax.serial(*layers[:2], Frozen(layers[2]), *layers[3:])
-    full = net[2](x1, x2, ("nngp", "ntk"))
-    batched = nt.batch(net[2], batch_size=2, store_on_device=False)(
+    (full,) = kernels([net], x1, x2, ("nngp", "ntk"))
+    # Batches of a compiled kernel_fn, as NT advises (one program per batch shape).
+    kernel_fn = jax.jit(net[2], static_argnames="get")
+    batched = nt.batch(kernel_fn, batch_size=2, store_on_device=False)(
         x1, x2, ("nngp", "ntk")
     )
     np.testing.assert_allclose(batched.ntk, full.ntk, rtol=1e-5, atol=1e-7)
@@ -334,21 +336,21 @@ def test_masking(x64):
         stax.GlobalAvgPool(),
         stax.Dense(1, b_std=0.3),
     ]
-    kw = {"mask_constant": jnp.nan}
-    full = stax.serial(*layers)[2](x1, x2, "ntk", **kw)
-    parts = [
-        stax.serial(*freeze_all_but(layers, {i}))[2](x1, x2, "ntk", **kw)
-        for i in range(len(layers))
-    ]
-    assert np.isfinite(full).all()
-    assert rel_err(sum(parts), full) < 1e-10
-    readout = stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])[2](
-        x1, x2, ("nngp", "ntk"), **kw
+    full, *parts, readout = kernels(
+        [stax.serial(*layers)]
+        + [stax.serial(*freeze_all_but(layers, {i})) for i in range(len(layers))]
+        + [stax.serial(Frozen(stax.serial(*layers[:-1])), layers[-1])],
+        x1,
+        x2,
+        ("nngp", "ntk"),
+        mask_constant=jnp.nan,
     )
+    assert np.isfinite(full.ntk).all()
+    assert rel_err(sum(p.ntk for p in parts), full.ntk) < 1e-10
     np.testing.assert_allclose(readout.ntk, readout.nngp, rtol=1e-12)
     # the mask really changes the kernel (otherwise this test says nothing)
-    unmasked = stax.serial(*layers)[2](jnp.nan_to_num(x1), jnp.nan_to_num(x2), "ntk")
-    assert rel_err(unmasked, full) > 1e-3
+    (unmasked,) = kernels([stax.serial(*layers)], *map(jnp.nan_to_num, (x1, x2)))
+    assert rel_err(unmasked, full.ntk) > 1e-3
 
 
 def test_diagonal_requirements_propagate():
