@@ -696,13 +696,18 @@ def _jacrev_ntk(apply_fn, params, x, rates):
     """sum_leaf rate_leaf J_leaf J_leaf^T by jax.jacrev over the leaves of
     `params` (plain NT apply_fn, no markers): the independent reference."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    jac = jax.jacrev(
-        lambda ls: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)[:, 0]
-    )(leaves)
-    return sum(
-        rate * j.reshape(len(x), -1) @ j.reshape(len(x), -1).T
-        for rate, j in zip(rates, jac)
-    )
+
+    @jax.jit  # one program (op by op, every operation is compiled on its own)
+    def ntk(leaves):
+        jac = jax.jacrev(
+            lambda ls: apply_fn(jax.tree_util.tree_unflatten(treedef, ls), x)[:, 0]
+        )(leaves)
+        return sum(
+            rate * j.reshape(len(x), -1) @ j.reshape(len(x), -1).T
+            for rate, j in zip(rates, jac)
+        )
+
+    return ntk(leaves)
 
 
 @pytest.mark.parametrize("implementation", [None, 1, 2])
@@ -738,7 +743,7 @@ def test_params_without_rate_markers_raise_and_marked_ones_are_right(
     like = init_fn(jax.random.PRNGKey(2), x.shape)[1]
     marked = freeze_like(checkpoint, like)
     reference = _jacrev_ntk(plain_apply, checkpoint, x, [1, 1, 2, 2])
-    assert rel_err(ntk_fn(x, None, marked), reference) < 1e-12
+    assert rel_err(jax.jit(ntk_fn)(x, None, marked), reference) < 1e-12
     unrated = _jacrev_ntk(plain_apply, checkpoint, x, [1, 1, 1, 1])
     assert rel_err(unrated, reference) > 0.05  # what the markers change
 
