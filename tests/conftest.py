@@ -6,21 +6,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 
 # Set before JAX starts its backends (this file is loaded before any test, in
 # pytest's main process first, whose environment the test workers inherit).
-# The tests check values, and most of their time goes to compiling about ten
-# thousand small programs: compile at level 1, as the sweep's CLI does (level 0
-# breaks the bit-equality of two programs of the same kernel on jax 0.4-0.6),
-# without LLVM's expensive passes, and with XLA's older CPU emitters where the
-# installed XLA still has them (jaxlib 0.6-0.10: compiling takes about 40% less
-# time; the values are checked to the same tolerances). A level the user set
-# wins. Test processes run side by side (pytest-xdist): none may take most of an
-# accelerator's memory up front.
-_FAST_COMPILE = (
-    "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
-)
+# The tests check values, and most of their time goes to compiling thousands of
+# small programs, so they compile fast: at optimization level 0 (1 on jaxlib
+# 0.4-0.6, where level 0 breaks the bit-equality of two programs of the same
+# kernel), without LLVM's expensive passes, and with XLA's older CPU emitters
+# where the installed XLA still has them (jaxlib 0.6-0.10). Each halves the
+# compile time of a typical test program; the values are checked to the same
+# tolerances. A level the user set wins. Test processes run side by side
+# (pytest-xdist): none may take most of an accelerator's memory up front.
 _OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _fast_compile_flags() -> str:
+    jaxlib = tuple(int(p) for p in version("jaxlib").split(".")[:2])
+    level = 0 if jaxlib >= (0, 7) else 1
+    flags = f"--xla_backend_optimization_level={level}"
+    flags += " --xla_llvm_disable_expensive_passes=true"
+    return f"{flags} {_OLDER_EMITTERS}" if _xla_accepts(_OLDER_EMITTERS) else flags
 
 
 def _xla_accepts(flag: str) -> bool:
@@ -32,9 +38,7 @@ def _xla_accepts(flag: str) -> bool:
 
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}"
-    if _xla_accepts(_OLDER_EMITTERS):
-        flags = f"{flags} {_OLDER_EMITTERS}"
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {_fast_compile_flags()}"
     os.environ["XLA_FLAGS"] = flags.strip()
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
