@@ -11,22 +11,23 @@ from importlib.metadata import version
 # Set before JAX starts its backends (this file is loaded before any test, in
 # pytest's main process first, whose environment the test workers inherit).
 # The tests check values, and most of their time goes to compiling thousands of
-# small programs, so they compile fast: at optimization level 0 (1 on jaxlib
-# 0.4-0.6, where level 0 breaks the bit-equality of two programs of the same
-# kernel), without LLVM's expensive passes, and with XLA's older CPU emitters
-# where the installed XLA still has them (jaxlib 0.6-0.10). Each halves the
-# compile time of a typical test program; the values are checked to the same
-# tolerances. A level the user set wins. Test processes run side by side
-# (pytest-xdist): none may take most of an accelerator's memory up front.
+# small programs, so they compile fast, without LLVM's expensive passes: with
+# XLA's older CPU emitters at optimization level 1 where the installed XLA still
+# has them (jaxlib 0.6-0.10), else at level 0 (level 1 on jaxlib 0.4-0.6). Each
+# of the two halves the compile time of a typical test program; level 0 with
+# the older emitters, or on jaxlib 0.4-0.6, breaks the bit-equality of two
+# programs of the same kernel. The values are checked to the same tolerances. A
+# level the user set wins. Test processes run side by side (pytest-xdist): none
+# may take most of an accelerator's memory up front.
 _OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def _fast_compile_flags() -> str:
+    fast = "--xla_llvm_disable_expensive_passes=true"
+    if _xla_accepts(_OLDER_EMITTERS):
+        return f"{fast} {_OLDER_EMITTERS} --xla_backend_optimization_level=1"
     jaxlib = tuple(int(p) for p in version("jaxlib").split(".")[:2])
-    level = 0 if jaxlib >= (0, 7) else 1
-    flags = f"--xla_backend_optimization_level={level}"
-    flags += " --xla_llvm_disable_expensive_passes=true"
-    return f"{flags} {_OLDER_EMITTERS}" if _xla_accepts(_OLDER_EMITTERS) else flags
+    return f"{fast} --xla_backend_optimization_level={0 if jaxlib >= (0, 7) else 1}"
 
 
 def _xla_accepts(flag: str) -> bool:
