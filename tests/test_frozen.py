@@ -592,14 +592,14 @@ def test_frozen_kernel_is_linear_part(x64, name, pre, lyr, shape, has_params, kw
     # Two compiled programs (NT's op-by-op dispatch compiles every operation on
     # its own): the kernels, then the maps along random directions.
     @jax.jit
-    def kernels(x1, x2):
+    def layer_kernels(x1, x2):
         # Full covariances satisfy every layer's input requirement.
         k_in = pre[2](x1, x2, diagonal_batch=False, diagonal_spatial=False, **kwargs)
         plain = lyr[2](k_in, **kwargs)
         frozen = Frozen(lyr)[2](k_in, **kwargs)
         return k_in, plain, frozen, linear_part_by_subtraction(lyr[2], k_in, **kwargs)
 
-    k_in, plain, frozen, expected = kernels(x1, x2)
+    k_in, plain, frozen, expected = layer_kernels(x1, x2)
     assert_same_fields_but_ntk(frozen, plain)
     got = _ntk_leaves(frozen)
     _assert_close(got, jax.tree_util.tree_leaves(expected))

@@ -69,6 +69,11 @@ def _inputs(n, shape, seed=0):
     return np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (n, *shape)))
 
 
+def _compiled(kernel_fn):
+    """`kernel_fn` as one compiled program, `get` static."""
+    return jax.jit(kernel_fn, static_argnames="get")
+
+
 def _rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
@@ -85,7 +90,7 @@ def test_every_block_is_jit_kernel_fn_on_its_inputs(net, symmetric):
     x2 = None if symmetric else _inputs(6, shape, seed=1)
     get = ("nngp", "ntk")
     k = kernel_matrix(kernel_fn, x1, x2, get, block_size=4, progress=False)
-    ref_fn = jax.jit(kernel_fn, static_argnames="get")
+    ref_fn = _compiled(kernel_fn)
     xb_all = x1 if symmetric else x2
     layout = BlockLayout(11, len(xb_all), 4, min(4, len(xb_all)), symmetric)
     for i in range(layout.row_blocks):
@@ -116,7 +121,7 @@ def test_whole_matrix_equals_one_call(net, get, x64):
     x1, x2 = _inputs(13, shape), _inputs(7, shape, seed=1)
     for b, c in ((x1, None), (x1, x2)):
         k = kernel_matrix(kernel_fn, b, c, get, block_size=5, progress=False)
-        ref = jax.jit(kernel_fn, static_argnames="get")(b, c, get)
+        ref = _compiled(kernel_fn)(b, c, get)
         pairs = [(k, ref)] if isinstance(get, str) else list(zip(k, ref))
         assert isinstance(k, np.ndarray) == isinstance(get, str)
         for got, want in pairs:
@@ -130,7 +135,7 @@ def test_float32_matches_one_call():
     x = _inputs(301, (16,))
     k = kernel_matrix(kernel_fn, x, None, "ntk", block_size=64, progress=False)
     assert k.dtype == np.float32
-    assert _rel(k, jax.jit(kernel_fn, static_argnames="get")(x, None, "ntk")) < 1e-4
+    assert _rel(k, _compiled(kernel_fn)(x, None, "ntk")) < 1e-4
     lower = np.tril(k, -64)
     np.testing.assert_array_equal(lower, np.tril(k.T, -64))
 
@@ -152,7 +157,7 @@ def test_empirical_kernel_fn_with_params(x64):
             block_size=4,
             progress=False,
         )
-        ref = jax.jit(kfn, static_argnames="get")(x1, b, "ntk", params)
+        ref = _compiled(kfn)(x1, b, "ntk", params)
         assert _rel(k, ref) < 1e-12
         np.testing.assert_array_equal(k, partial)
 
@@ -294,7 +299,7 @@ def _plain_block_bytes(kernel_fn, x, size):
     """XLA's memory analysis of `jax.jit(kernel_fn)` on one off-diagonal block
     (an independent measure of what one block needs)."""
     stats = (
-        jax.jit(kernel_fn, static_argnames="get")
+        _compiled(kernel_fn)
         .lower(x[:size], x[:size], get=("nngp", "ntk"))
         .compile()
         .memory_analysis()
@@ -322,7 +327,7 @@ def test_block_size_none_fits_the_budget_and_a_too_large_size_names_one():
         progress=lambda d, t: sizes.append(t),
     )
     assert sizes[-1] == 7 * 8 // 2  # 200 inputs in blocks of 32: 7 x 7 blocks
-    ntk = jax.jit(kernel_fn, static_argnames="get")(x, None, "ntk")
+    ntk = _compiled(kernel_fn)(x, None, "ntk")
     assert _rel(k.ntk, np.asarray(ntk)) < 1e-4
     with pytest.raises(MemoryError, match="block_size=128 needs .* block_size=32 fits"):
         kernel_matrix(
